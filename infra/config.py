@@ -1,0 +1,145 @@
+"""Settings every fundwatch command reads: environment first, then the config file.
+
+The contract fixes three names (``FUNDWATCH_BOOTSTRAP_SERVERS``, ``FUNDWATCH_DB_URL``,
+``FUNDWATCH_CONFIG``); the rest are ours. The config file is TOML (read with the
+standard library's ``tomllib``, so no extra dependency) with a ``[fundwatch]`` table
+whose keys are the lower-case setting names below, e.g.::
+
+    [fundwatch]
+    bootstrap_servers = "kafka-1:9092,kafka-2:9092"
+    db_url = "postgresql+psycopg://fundwatch@db/fundwatch"
+    partitions = 12
+    security_protocol = "SASL_SSL"
+    sasl_mechanism = "SCRAM-SHA-512"
+
+>>> s = Settings.load(env={"FUNDWATCH_PARTITIONS": "8"})
+>>> s.partitions, s.embedded_broker
+(8, True)
+>>> s.topic("alerts")
+'fundwatch.alerts'
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Mapping
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names where it came from and why."""
+
+
+# Public topics are part of the contract; internal ones carry the pipeline's own
+# repartitioned streams and are free to change.
+TOPICS = {
+    "settlements": "settlements",
+    "contributions": "contributions",
+    "alerts": "alerts",
+    "deadletter": "deadletter",
+    "admit": "internal.admit",
+    "detect": "internal.detect",
+    "metrics": "internal.metrics",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str | None = None
+    db_url: str | None = None
+    config_path: str | None = None
+    topic_prefix: str = "fundwatch."
+    partitions: int = 4
+    replication_factor: int = 1
+    app_id: str = "fundwatch"
+    data_dir: str = "fundwatch-data"
+    # Faust's defaults (60 s) make a consumer group's first join take 30 s on
+    # Tansu; a short rebalance timeout makes a worker ready in a few seconds.
+    # On a real cluster with many workers raise these.
+    session_timeout_s: float = 10.0
+    rebalance_timeout_s: float = 4.0
+    heartbeat_interval_s: float = 1.0
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    rules: Mapping = field(default_factory=dict)
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.bootstrap_servers
+
+    def topic(self, name: str) -> str:
+        return self.topic_prefix + TOPICS[name]
+
+    def public_topics(self) -> list[str]:
+        return [self.topic(n) for n in ("settlements", "contributions", "alerts", "deadletter")]
+
+    def all_topics(self) -> list[str]:
+        return [self.topic(n) for n in TOPICS]
+
+    def alert_store_url(self) -> str:
+        return self.db_url or f"sqlite:///{Path('fundwatch-alerts.db').resolve()}"
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        values: dict = {}
+        path = env.get("FUNDWATCH_CONFIG")
+        if path:
+            values.update(_read_file(Path(path)))
+            values["config_path"] = path
+        for f in fields(cls):
+            var = "FUNDWATCH_" + f.name.upper()
+            if var in env and f.name not in ("rules", "config_path"):
+                values[f.name] = _coerce(f.name, env[var], var)
+        return cls(**values)
+
+
+_INTS = {"partitions", "replication_factor"}
+_FLOATS = {"session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s"}
+
+
+def _coerce(name: str, raw, where: str):
+    try:
+        if name in _INTS:
+            value = int(raw)
+            if value < 1:
+                raise ValueError("must be at least 1")
+            return value
+        if name in _FLOATS:
+            return float(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {name} = {raw!r} is not valid ({exc})") from None
+    if raw is not None and not isinstance(raw, str):
+        raise ConfigError(f"{where}: {name} must be a string, got {type(raw).__name__}")
+    return raw or None if name != "topic_prefix" else raw
+
+
+def _read_file(path: Path) -> dict:
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file named by FUNDWATCH_CONFIG does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    known = {f.name for f in fields(Settings)} - {"config_path"}
+    section = doc.get("fundwatch", {})
+    values = {}
+    for key, raw in section.items():
+        if key not in known:
+            raise ConfigError(f"{path}: [fundwatch].{key} is not a known setting "
+                              f"(known: {', '.join(sorted(known - {'rules'}))})")
+        if key == "rules":
+            continue
+        values[key] = _coerce(key, raw, f"{path}: [fundwatch].{key}")
+    if "rules" in doc:
+        values["rules"] = doc["rules"]
+    return values

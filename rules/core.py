@@ -1,0 +1,185 @@
+"""The detection core: one small protocol for rules, one engine, two drivers.
+
+A rule is plain Python over validated events and its own keyed state. It never
+imports Faust and never reads the clock: every time it knows comes from events.
+The live driver (``streams.app``) keeps each rule's state in a changelog-backed
+Faust table; the offline driver (``streams.offline``) keeps it in a dict. Both call
+:meth:`DetectionCore.process`, so the same input gives the same alerts.
+
+A rule declares what it is about (``subject_kind``), which key its state is
+partitioned by (``key_kind``), its parameters, and ``apply(state, event) ->
+(state, alerts)``. State must be JSON-able (the live driver serialises it) and
+``apply`` must be idempotent for a re-delivered event, because the live path is
+at-least-once.
+
+>>> from rules.core import DetectionCore, load_rules
+>>> core = DetectionCore(load_rules())
+>>> sorted(core.key_kinds())
+['institution']
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Mapping, MutableMapping
+
+State = dict[str, Any]
+Alert = dict[str, Any]
+
+# How an event is keyed for each kind of partitioned state. None: the rule does not
+# see that event (a contribution has no institution; a clinic has no chain).
+KEYS: dict[str, Callable[[Any], str | None]] = {
+    "institution": lambda e: getattr(e, "institution_id", None),
+    "person": lambda e: getattr(e, "person_id", None),
+    "pool": lambda e: e.pool_key,
+    "chain": lambda e: getattr(e, "chain_id", None),
+}
+
+
+class RuleConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Param:
+    """A rule parameter: its type, default, bounds and meaning."""
+
+    type: type
+    default: Any
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def check(self, rule_id: str, name: str, value: Any) -> Any:
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and self.type is not bool or not isinstance(value, self.type):
+            raise RuleConfigError(f"rules.{rule_id}.{name}: expected {self.type.__name__}, "
+                                  f"got {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise RuleConfigError(f"rules.{rule_id}.{name}: {value!r} is below the minimum "
+                                  f"{self.minimum}")
+        if self.maximum is not None and value > self.maximum:
+            raise RuleConfigError(f"rules.{rule_id}.{name}: {value!r} is above the maximum "
+                                  f"{self.maximum}")
+        return value
+
+
+class Rule:
+    """Base class of every rule. Subclasses set the class attributes and ``apply``."""
+
+    rule_id: ClassVar[str]
+    description: ClassVar[str]
+    subject_kind: ClassVar[str]
+    key_kind: ClassVar[str]
+    params: ClassVar[Mapping[str, Param]] = {}
+
+    def __init__(self, **overrides: Any) -> None:
+        unknown = set(overrides) - set(self.params)
+        if unknown:
+            raise RuleConfigError(f"rules.{self.rule_id}: unknown parameter(s) "
+                                  f"{', '.join(sorted(unknown))}; known: "
+                                  f"{', '.join(self.params) or 'none'}")
+        self.p = {name: spec.check(self.rule_id, name, overrides.get(name, spec.default))
+                  for name, spec in self.params.items()}
+
+    def key(self, event: Any) -> str | None:
+        return KEYS[self.key_kind](event)
+
+    def apply(self, state: State | None, event: Any) -> tuple[State | None, list[Alert]]:
+        raise NotImplementedError
+
+
+class DetectionCore:
+    """Routes each event to the rules keyed by each of its keys and runs them.
+
+    ``state`` is any mutable mapping: a dict offline, a Faust table live. Values are
+    only ever replaced, never mutated in place, because a Faust table writes its
+    changelog on assignment.
+    """
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules = list(rules)
+        self._by_kind: dict[str, list[Rule]] = {}
+        for rule in self.rules:
+            self._by_kind.setdefault(rule.key_kind, []).append(rule)
+
+    def key_kinds(self) -> list[str]:
+        return list(self._by_kind)
+
+    def routes(self, event: Any) -> list[tuple[str, str]]:
+        """The (key kind, key) pairs this event must be delivered under."""
+        out = []
+        for kind in self._by_kind:
+            key = KEYS[kind](event)
+            if key is not None:
+                out.append((kind, key))
+        return out
+
+    def process(self, kind: str, key: str, event: Any,
+                state: MutableMapping[str, State]) -> list[Alert]:
+        alerts: list[Alert] = []
+        for rule in self._by_kind.get(kind, ()):
+            slot = f"{rule.rule_id}|{key}"
+            before = state.get(slot)
+            after, fired = rule.apply(before, event)
+            if after != before:
+                if after is None:
+                    state.pop(slot, None)
+                else:
+                    state[slot] = after
+            alerts.extend(fired)
+        return alerts
+
+
+def _rule_classes(module) -> list[type[Rule]]:
+    return [obj for _, obj in inspect.getmembers(module, inspect.isclass)
+            if issubclass(obj, Rule) and obj is not Rule and obj.__module__ == module.__name__
+            and getattr(obj, "rule_id", None)]
+
+
+def discover() -> dict[str, tuple[type[Rule], str]]:
+    """Every rule class: built-ins under ``rules/builtin`` and entry point group
+    ``fundwatch.rules``; maps rule_id → (class, where it came from)."""
+    from rules import builtin
+
+    found: dict[str, tuple[type[Rule], str]] = {}
+    for info in pkgutil.iter_modules(builtin.__path__):
+        module = importlib.import_module(f"rules.builtin.{info.name}")
+        for cls in _rule_classes(module):
+            found[cls.rule_id] = (cls, f"builtin:{module.__name__}")
+    for ep in importlib.metadata.entry_points(group="fundwatch.rules"):
+        obj = ep.load()
+        classes = _rule_classes(obj) if inspect.ismodule(obj) else [obj]
+        for cls in classes:
+            if cls.rule_id in found:
+                raise RuleConfigError(f"entry point {ep.name} ({ep.value}) defines rule "
+                                      f"{cls.rule_id!r}, already defined by "
+                                      f"{found[cls.rule_id][1]}")
+            found[cls.rule_id] = (cls, f"entry point:{ep.value}")
+    return found
+
+
+def load_rules(config: Mapping[str, Mapping[str, Any]] | None = None) -> list[Rule]:
+    """Instantiate every discovered rule with its configured parameters.
+
+    ``config`` maps rule_id → {"enabled": bool, <param>: value}; rules not named
+    are enabled with their defaults.
+    """
+    config = dict(config or {})
+    classes = discover()
+    unknown = set(config) - set(classes)
+    if unknown:
+        raise RuleConfigError(f"rules: unknown rule id(s) {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(sorted(classes))}")
+    rules = []
+    for rule_id in sorted(classes):
+        cls, _ = classes[rule_id]
+        conf = dict(config.get(rule_id, {}))
+        if not conf.pop("enabled", True):
+            continue
+        rules.append(cls(**conf))
+    return rules

@@ -1,0 +1,196 @@
+"""The live pipeline, top to bottom: settlements in, alerts out.
+
+    fundwatch.settlements ┐
+    fundwatch.contributions┴─► ingest ──(valid; keyed by record id)───────► internal.admit
+                                 │ invalid ─► fundwatch.deadletter
+    internal.admit ─► admit [ledger table] ──(accepted; one copy per rule key)──► internal.detect
+      (keyed by the id a record must be compared with: its own, or for a reversal
+       the original's, so duplicates, conflicts and reversals meet in one partition)
+                                 │ conflicting / bad reversal ─► fundwatch.deadletter
+                                 │ duplicate ─► counted, nothing else
+    internal.detect ─► detect [rule state table] ──► fundwatch.alerts ─► alert sink ─► store
+
+Every stage calls the detection core's plain functions (``streams.records``,
+``streams.admission``, ``rules.core``); this module only moves records between them
+and keeps their state in changelog-backed Faust tables, so a restarted worker
+recovers its ledger and rule state. Delivery is at-least-once; duplicates and
+redeliveries are harmless because admission, rules and the store are idempotent.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+
+import faust
+import orjson
+
+from infra.broker import kafka_client_options
+from infra.config import Settings
+from infra.tansu import patch_faust_recovery
+from rules.core import DetectionCore, load_rules
+from sinks.store import AlertStore
+from streams.admission import admit
+from streams.deadletter import deadletter_record
+from streams.records import Rejected, Settlement, from_canonical, parse, to_canonical
+
+log = logging.getLogger("fundwatch.worker")
+
+RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+       "value_serializer": "raw"}
+
+
+def _credentials(settings: Settings):
+    if settings.sasl_mechanism:
+        return faust.SASLCredentials(username=settings.sasl_username,
+                                     password=settings.sasl_password,
+                                     mechanism=settings.sasl_mechanism,
+                                     ssl_context=_ssl_context(settings))
+    if settings.security_protocol.upper() == "SSL":
+        return faust.SSLCredentials(_ssl_context(settings))
+    return None
+
+
+def _ssl_context(settings: Settings):
+    if "SSL" not in settings.security_protocol.upper():
+        return None
+    context = ssl.create_default_context(cafile=settings.ssl_cafile)
+    if settings.ssl_certfile:
+        context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+    return context
+
+
+def build_app(settings: Settings, core: DetectionCore | None = None,
+              store: AlertStore | None = None) -> faust.App:
+    core = core or DetectionCore(load_rules(settings.rules))
+    patch_faust_recovery(settings.bootstrap_servers, kafka_client_options(settings))
+    os.makedirs(os.path.join(settings.data_dir, settings.app_id), exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{s.strip()}" for s in settings.bootstrap_servers.split(",")],
+        broker_credentials=_credentials(settings),
+        store="memory://",  # tables are rebuilt from their changelog topics at start
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        datadir=os.path.join(settings.data_dir, "{conf.id}"),
+        web_enabled=False,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+    )
+    worker_name = f"{socket.gethostname()}:{os.getpid()}"
+    P = settings.partitions
+
+    sources = app.topic(settings.topic("settlements"), settings.topic("contributions"), **RAW)
+    admit_topic = app.topic(settings.topic("admit"), partitions=P, internal=True, **RAW)
+    detect_topic = app.topic(settings.topic("detect"), partitions=P, internal=True, **RAW)
+    alerts_topic = app.topic(settings.topic("alerts"), **RAW)
+    deadletter_topic = app.topic(settings.topic("deadletter"), **RAW)
+    metrics_topic = app.topic(settings.topic("metrics"), **RAW)
+
+    # settlement/contribution id → digest, amounts, person, source position
+    ledger = app.Table("ledger", default=None, partitions=P)
+    # "<rule_id>|<key>" → the rule's JSON state
+    rule_state = app.Table("rule-state", default=None, partitions=P)
+    # "<partition>/<outcome>" → count, for the admit stage (reconciliation, demo)
+    admit_counts = app.Table("admit-counts", default=int, partitions=P)
+    validate_rejected = {"count": 0}  # the dead-letter topic is its durable record
+
+    async def dead_letter(message, reasons, stage):
+        record = deadletter_record(message["raw"], reasons, stage=stage,
+                                   topic=message["topic"], partition=message["partition"],
+                                   offset=message["offset"], key=message["key"])
+        await deadletter_topic.send(key=message["key"], value=orjson.dumps(record))
+
+    @app.agent(sources)
+    async def ingest(stream):
+        """Validate each record; valid ones go on keyed by whom their state is about."""
+        async for item in stream.events():
+            msg = item.message
+            source = {"raw": msg.value, "topic": msg.topic, "partition": msg.partition,
+                      "offset": msg.offset, "key": msg.key}
+            try:
+                event = parse(msg.value)
+            except Rejected as exc:
+                validate_rejected["count"] += 1
+                await dead_letter(source, exc.reasons, "validate")
+                continue
+            await admit_topic.send(key=admission_key(event).encode(), value=orjson.dumps({
+                "src": f"{msg.topic}/{msg.partition}/{msg.offset}",
+                "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+                "key": msg.key.decode("utf-8", "backslashreplace") if msg.key else None,
+                "raw": msg.value.decode("utf-8"),  # parse() accepted it, so it is UTF-8
+            }))
+
+    @app.agent(admit_topic)
+    async def admission(stream):
+        """Duplicates, conflicting duplicates and reversals, against the ledger."""
+        async for item in stream.events():
+            partition = item.message.partition
+            wrapped = orjson.loads(item.message.value)
+            raw = wrapped["raw"].encode("utf-8")
+            event = parse(raw)
+            verdict = admit(event, ledger, wrapped["src"])
+            if verdict.outcome == "rejected":
+                admit_counts[f"{partition}/rejected"] += 1
+                await dead_letter({**wrapped, "raw": raw,
+                                   "key": wrapped["key"].encode() if wrapped["key"] else None},
+                                  verdict.reasons, "admit")
+                continue
+            if verdict.outcome == "duplicate":
+                admit_counts[f"{partition}/duplicate"] += 1
+                continue
+            admit_counts[f"{partition}/{'redelivered' if verdict.redelivery else 'accepted'}"] += 1
+            canonical = to_canonical(event)
+            for kind, key in core.routes(event):
+                await detect_topic.send(key=f"{kind}:{key}".encode(), value=orjson.dumps(
+                    {"kind": kind, "key": key, "event": canonical}))
+
+    @app.agent(detect_topic)
+    async def detect(stream):
+        """Every rule keyed by this record's key, with its state from the table."""
+        async for value in stream:
+            routed = orjson.loads(value)
+            event = from_canonical(routed["event"])
+            for alert in core.process(routed["kind"], routed["key"], event, rule_state):
+                await alerts_topic.send(key=alert["alert_id"].encode(),
+                                        value=orjson.dumps(alert))
+
+    if store is not None or settings.alert_store_url():
+        alert_store = store or AlertStore(settings.alert_store_url())
+
+        @app.agent(alerts_topic)
+        async def alert_sink(stream):
+            """Alerts into the store; the upsert makes redelivery harmless."""
+            async for batch in stream.take(500, within=0.5):
+                alert_store.upsert_many([orjson.loads(v) for v in batch])
+
+    @app.timer(1.0)
+    async def publish_metrics():
+        counts = {k: v for k, v in admit_counts.items()}
+        await metrics_topic.send(key=worker_name.encode(), value=orjson.dumps({
+            "worker": worker_name,
+            "admit": counts,
+            "validate_rejected_since_start": validate_rejected["count"],
+        }))
+
+    app.fundwatch_core = core  # for tests and the demo's summary
+    return app
+
+
+def admission_key(event) -> str:
+    """The partition key under which admission must see a record: every copy of an
+    id, and a reversal with its original, must meet the same ledger partition."""
+    if isinstance(event, Settlement):
+        return "s:" + (event.reverses or event.settlement_id)
+    return "c:" + event.contribution_id
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Run one worker until stopped (SIGTERM / Ctrl-C stop it cleanly)."""
+    from faust.worker import Worker
+
+    app = build_app(settings)
+    worker = Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

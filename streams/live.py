@@ -1,0 +1,182 @@
+"""Driving a live pipeline from outside: start workers, feed topics, watch outputs.
+
+The demo, the benchmark and the broker tests all do the same three things — run
+``fundwatch worker`` processes against a broker, produce records to the input
+topics, and read what comes out of ``alerts``, ``deadletter`` and the worker's
+metrics — so they share this module.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from infra.broker import kafka_client_options
+from infra.config import Settings
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes a child process use exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUNDWATCH_")}
+    for name in ("bootstrap_servers", "db_url", "topic_prefix", "partitions", "app_id",
+                 "data_dir", "session_timeout_s", "rebalance_timeout_s",
+                 "heartbeat_interval_s", "security_protocol", "sasl_mechanism",
+                 "sasl_username", "sasl_password", "ssl_cafile", "ssl_certfile",
+                 "ssl_keyfile", "replication_factor"):
+        value = getattr(settings, name)
+        if value is not None:
+            env["FUNDWATCH_" + name.upper()] = str(value)
+    if settings.config_path:
+        env["FUNDWATCH_CONFIG"] = settings.config_path
+    return env
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"],
+                            env=settings_env(settings), stdout=log, stderr=log,
+                            stdin=subprocess.DEVNULL)
+
+
+def stop_worker(proc: subprocess.Popen, timeout_s: float = 20.0, hard: bool = False) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def input_topic(settings: Settings, line: bytes) -> tuple[str, bytes | None]:
+    """Topic and key for a raw input line, as a settlement system would send it:
+    contributions keyed by pool region, settlements by person (anything unreadable
+    goes to the settlements topic unkeyed — fundwatch must cope)."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return settings.topic("settlements"), None
+    if not isinstance(record, dict):
+        return settings.topic("settlements"), None
+    if record.get("schema") == "contribution/v1":
+        key = record.get("pool_region")
+        return settings.topic("contributions"), str(key).encode() if key else None
+    key = record.get("person_id")
+    return settings.topic("settlements"), str(key).encode() if isinstance(key, str) else None
+
+
+async def produce(settings: Settings, lines: Iterable[bytes], *, rate_per_s: float | None = None
+                  ) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers,
+                                linger_ms=5, max_batch_size=256 * 1024,
+                                **kafka_client_options(settings))
+    await producer.start()
+    n = 0
+    started = time.monotonic()
+    try:
+        for line in lines:
+            topic, key = input_topic(settings, line)
+            await producer.send(topic, line, key=key)
+            n += 1
+            if rate_per_s and n % 100 == 0:
+                ahead = n / rate_per_s - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return n
+
+
+@dataclass
+class Observed:
+    """What has come out of the pipeline so far."""
+
+    alerts: dict[str, dict] = field(default_factory=dict)  # latest revision per id
+    alert_revisions: int = 0
+    deadletters: list[dict] = field(default_factory=list)
+    admit_counts: dict[str, int] = field(default_factory=dict)
+
+    def count(self, outcome: str) -> int:
+        return sum(v for k, v in self.admit_counts.items() if k.endswith("/" + outcome))
+
+    @property
+    def accounted(self) -> int:
+        """Input records whose fate is known: processed, duplicate or dead-lettered."""
+        return self.count("accepted") + self.count("duplicate") + len(self.deadletters)
+
+    def reasons(self) -> Counter:
+        return Counter(r["code"] for d in self.deadletters for r in d["reasons"])
+
+    def alerts_by_rule(self) -> Counter:
+        return Counter(a["rule_id"] for a in self.alerts.values())
+
+
+class Watcher:
+    """Reads alerts, dead letters and metrics from the beginning, without a group,
+    so it never disturbs the workers' consumer group."""
+
+    def __init__(self, settings: Settings, on_alert=None) -> None:
+        self.settings = settings
+        self.observed = Observed()
+        self.on_alert = on_alert
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers,
+                                          enable_auto_commit=False,
+                                          auto_offset_reset="earliest",
+                                          **kafka_client_options(s))
+        await self._consumer.start()
+        parts = [TopicPartition(t, p) for t in (s.topic("alerts"), s.topic("deadletter"),
+                                               s.topic("metrics"))
+                 for p in range(s.partitions)]
+        self._consumer.assign(parts)
+        await self._consumer.seek_to_beginning(*parts)
+
+    async def poll(self, timeout_ms: int = 200) -> None:
+        s, o = self.settings, self.observed
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
+        for tp, messages in batches.items():
+            for m in messages:
+                value = orjson.loads(m.value)
+                if tp.topic == s.topic("alerts"):
+                    previous = o.alerts.get(value["alert_id"])
+                    o.alerts[value["alert_id"]] = value
+                    o.alert_revisions += 1
+                    if self.on_alert:
+                        self.on_alert(value, previous)
+                elif tp.topic == s.topic("deadletter"):
+                    o.deadletters.append(value)
+                else:
+                    # Counters only grow; metrics of several workers (or of a worker
+                    # and its restarted successor) arrive in any order: keep the max.
+                    for key, n in value["admit"].items():
+                        o.admit_counts[key] = max(o.admit_counts.get(key, 0), n)
+
+    async def until(self, predicate, timeout_s: float, tick=None) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            await self.poll()
+            if tick:
+                tick(self.observed)
+            if predicate(self.observed):
+                return True
+        return False
+
+    async def stop(self) -> None:
+        if self._consumer:
+            await self._consumer.stop()
