@@ -120,19 +120,37 @@ class DetectionCore:
         return out
 
     def process(self, kind: str, key: str, event: Any,
-                state: MutableMapping[str, State]) -> list[Alert]:
-        alerts: list[Alert] = []
+                state: MutableMapping[str, State]) -> "Detection":
+        """Run every rule keyed by ``kind`` on the event; return alerts and failures.
+
+        A rule that raises leaves its state as it was and is reported in
+        ``failures`` (the drivers dead-letter it with reason ``rule_failed``); the
+        other rules still run, and the worker carries on.
+        """
+        detection = Detection([], [])
         for rule in self._by_kind.get(kind, ()):
             slot = f"{rule.rule_id}|{key}"
             before = state.get(slot)
-            after, fired = rule.apply(before, event)
+            try:
+                after, fired = rule.apply(before, event)
+            except Exception as exc:  # noqa: BLE001 - one rule's bug must not stop the rest
+                detection.failures.append(
+                    (rule.rule_id, f"rule {rule.rule_id} failed on this record: "
+                                   f"{type(exc).__name__}: {exc}"))
+                continue
             if after != before:
                 if after is None:
                     state.pop(slot, None)
                 else:
                     state[slot] = after
-            alerts.extend(fired)
-        return alerts
+            detection.alerts.extend(fired)
+        return detection
+
+
+@dataclass
+class Detection:
+    alerts: list[Alert]
+    failures: list[tuple[str, str]]  # (rule_id, message)
 
 
 def _rule_classes(module) -> list[type[Rule]]:

@@ -18,6 +18,7 @@ redeliveries are harmless because admission, rules and the store are idempotent.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -33,7 +34,8 @@ from rules.core import DetectionCore, load_rules
 from sinks.store import AlertStore
 from streams.admission import admit
 from streams.deadletter import deadletter_record
-from streams.records import Rejected, Settlement, from_canonical, parse, to_canonical
+from streams.records import (Reason, Rejected, Settlement, from_canonical, parse,
+                             to_canonical)
 
 log = logging.getLogger("fundwatch.worker")
 
@@ -116,6 +118,11 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                 validate_rejected["count"] += 1
                 await dead_letter(source, exc.reasons, "validate")
                 continue
+            except Exception as exc:  # noqa: BLE001 - a record must never stop the worker
+                log.exception("ingest failed on %s/%s/%s", msg.topic, msg.partition, msg.offset)
+                validate_rejected["count"] += 1
+                await dead_letter(source, [internal_error(exc)], "validate")
+                continue
             await admit_topic.send(key=admission_key(event).encode(), value=orjson.dumps({
                 "src": f"{msg.topic}/{msg.partition}/{msg.offset}",
                 "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
@@ -130,13 +137,19 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             partition = item.message.partition
             wrapped = orjson.loads(item.message.value)
             raw = wrapped["raw"].encode("utf-8")
-            event = parse(raw)
-            verdict = admit(event, ledger, wrapped["src"])
+            original = {**wrapped, "raw": raw,
+                        "key": wrapped["key"].encode() if wrapped["key"] else None}
+            try:
+                event = parse(raw)
+                verdict = admit(event, ledger, wrapped["src"])
+            except Exception as exc:  # noqa: BLE001 - a record must never stop the worker
+                log.exception("admission failed on %s", wrapped["src"])
+                admit_counts[f"{partition}/rejected"] += 1
+                await dead_letter(original, [internal_error(exc)], "admit")
+                continue
             if verdict.outcome == "rejected":
                 admit_counts[f"{partition}/rejected"] += 1
-                await dead_letter({**wrapped, "raw": raw,
-                                   "key": wrapped["key"].encode() if wrapped["key"] else None},
-                                  verdict.reasons, "admit")
+                await dead_letter(original, verdict.reasons, "admit")
                 continue
             if verdict.outcome == "duplicate":
                 admit_counts[f"{partition}/duplicate"] += 1
@@ -145,17 +158,26 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             canonical = to_canonical(event)
             for kind, key in core.routes(event):
                 await detect_topic.send(key=f"{kind}:{key}".encode(), value=orjson.dumps(
-                    {"kind": kind, "key": key, "event": canonical}))
+                    {"kind": kind, "key": key, "event": canonical, "src": wrapped["src"]}))
 
     @app.agent(detect_topic)
     async def detect(stream):
         """Every rule keyed by this record's key, with its state from the table."""
-        async for value in stream:
-            routed = orjson.loads(value)
+        async for item in stream.events():
+            routed = orjson.loads(item.message.value)
             event = from_canonical(routed["event"])
-            for alert in core.process(routed["kind"], routed["key"], event, rule_state):
+            detection = core.process(routed["kind"], routed["key"], event, rule_state)
+            for alert in detection.alerts:
                 await alerts_topic.send(key=alert["alert_id"].encode(),
                                         value=orjson.dumps(alert))
+            if detection.failures:
+                topic, partition, offset = routed["src"].rsplit("/", 2)
+                await dead_letter(
+                    {"raw": orjson.dumps(routed["event"]), "topic": topic,
+                     "partition": int(partition),
+                     "offset": int(offset), "key": None},
+                    [Reason("rule_failed", message) for _, message in detection.failures],
+                    "detect")
 
     if store is not None or settings.alert_store_url():
         alert_store = store or AlertStore(settings.alert_store_url())
@@ -164,7 +186,18 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         async def alert_sink(stream):
             """Alerts into the store; the upsert makes redelivery harmless."""
             async for batch in stream.take(500, within=0.5):
-                alert_store.upsert_many([orjson.loads(v) for v in batch])
+                alerts = [orjson.loads(v) for v in batch]
+                # The store being down must not lose alerts: hold the batch (and
+                # with it this partition) and retry until it is back.
+                delay = 0.5
+                while True:
+                    try:
+                        alert_store.upsert_many(alerts)
+                        break
+                    except Exception:  # noqa: BLE001
+                        log.exception("alert store unavailable; retrying in %.1f s", delay)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 30.0)
 
     @app.timer(1.0)
     async def publish_metrics():
@@ -177,6 +210,11 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
 
     app.fundwatch_core = core  # for tests and the demo's summary
     return app
+
+
+def internal_error(exc: Exception) -> Reason:
+    return Reason("internal_error", f"fundwatch failed on this record "
+                                    f"({type(exc).__name__}: {exc}); it is kept for replay")
 
 
 def admission_key(event) -> str:

@@ -18,6 +18,14 @@ from typing import Iterable
 
 SCHEMA = "deadletter/v1"
 
+#: Reasons the pipeline itself adds (the contract's are ``streams.records.REASON_CODES``).
+PIPELINE_CODES = {
+    "rule_failed": "a rule raised an error on an accepted record; the record counted, "
+                   "that rule's state is unchanged; fix the rule and replay the record",
+    "internal_error": "fundwatch failed on this record for a reason that is not the "
+                      "record's fault; it is kept here to be replayed",
+}
+
 
 def deadletter_record(original: bytes, reasons: Iterable, *, stage: str, topic: str | None,
                       partition: int | None, offset: int | None,

@@ -11,10 +11,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import orjson
+
 from rules.core import DetectionCore
 from streams.admission import admit
 from streams.deadletter import deadletter_record
-from streams.records import Rejected, from_canonical, parse, to_canonical
+from streams.records import Reason, Rejected, from_canonical, parse, to_canonical
 
 
 @dataclass
@@ -44,11 +46,17 @@ class OfflinePipeline:
         self.counts["redelivered" if verdict.redelivery else "accepted"] += 1
         # Between stages the live path ships the canonical form; do the same so the
         # detection core sees identical objects in both drivers.
-        event = from_canonical(to_canonical(event))
+        canonical = to_canonical(event)
+        event = from_canonical(canonical)
         for kind, key in self.core.routes(event):
-            for alert in self.core.process(kind, key, event, self.state):
+            detection = self.core.process(kind, key, event, self.state)
+            for alert in detection.alerts:
                 self.emitted.append(alert)
                 self.alerts[alert["alert_id"]] = alert
+            if detection.failures:
+                # As live: the detect stage holds the canonical form, not the raw bytes.
+                self._rule_failures(orjson.dumps(canonical), detection.failures, topic,
+                                    partition, offset)
         return "accepted"
 
     def feed_all(self, lines: Iterable[bytes]) -> "OfflinePipeline":
@@ -56,6 +64,15 @@ class OfflinePipeline:
             if line.strip():
                 self.feed(line, source=f"line/{number}", offset=number)
         return self
+
+    def _rule_failures(self, raw, failures, topic, partition, offset) -> None:
+        """The record was accepted; a rule failed on it. Record it for repair and replay
+        (the live worker sends the same to the dead-letter topic)."""
+        reasons = [Reason("rule_failed", message) for _, message in failures]
+        self.counts["rule_failed"] += len(failures)
+        self.deadletters.append(deadletter_record(raw, reasons, stage="detect", topic=topic,
+                                                  partition=partition, offset=offset,
+                                                  key=None))
 
     def _reject(self, raw, reasons, stage, topic, partition, offset) -> str:
         self.counts["rejected"] += 1

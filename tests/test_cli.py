@@ -1,0 +1,66 @@
+"""The command line as an operator scripts it: real processes, real files."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+
+from tests.factories import dumps, settlement
+
+
+def fundwatch(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True,
+                          text=True, timeout=120, cwd=cwd)
+
+
+def test_validate_reports_every_broken_line_and_exits_1(tmp_path):
+    good = settlement(settlement_id="OK-1")
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join([
+        dumps(good),
+        b"{not json",
+        b"",
+        dumps({**good, "settlement_id": "BAD-1", "insured_region": "990100"}),
+        dumps(good),                                 # exact duplicate: not a rejection
+        dumps({**good, "settled_at": "2025-03-01T10:00:00"}),
+    ]) + b"\n")
+    result = fundwatch("validate", str(path))
+    assert result.returncode == 1, result.stderr
+    rejected = [line.split("\t") for line in result.stdout.splitlines()
+                if not line.startswith("#")]
+    assert [(r[0], r[1]) for r in rejected] == [
+        ("2", "not_json"), ("4", "invalid_region"), ("6", "datetime_without_offset")]
+    assert all(r[2] for r in rejected)
+
+
+def test_validate_clean_file_exits_0(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(dumps(settlement()) + b"\n")
+    result = fundwatch("validate", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_configuration_error_is_reported_not_raised(tmp_path):
+    conf = tmp_path / "bad.toml"
+    conf.write_text("[fundwatch]\nno_such_setting = 1\n")
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "validate", str(conf)],
+                            capture_output=True, text=True, timeout=60,
+                            env={"FUNDWATCH_CONFIG": str(conf), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert "no_such_setting" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_simulate_writes_stream_registry_and_truth(tmp_path):
+    out = tmp_path / "province.jsonl"
+    result = fundwatch("simulate", "--out", str(out), "--days", "3", "--seed", "5")
+    assert result.returncode == 0, result.stderr
+    lines = out.read_bytes().splitlines()
+    assert len(lines) > 1000
+    assert (tmp_path / "province.pools.yaml").exists()
+    truth = [orjson.loads(t) for t in (tmp_path / "province.truth.jsonl").read_bytes()
+             .splitlines()]
+    assert truth
+    again = tmp_path / "again.jsonl"
+    fundwatch("simulate", "--out", str(again), "--days", "3", "--seed", "5")
+    assert again.read_bytes() == out.read_bytes()

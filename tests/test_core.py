@@ -1,0 +1,73 @@
+"""The detection core: routing, configuration, and a failing rule."""
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from rules.builtin.unfiled_cross_region import UnfiledCrossRegion
+from rules.core import DetectionCore, Rule, RuleConfigError, load_rules
+from streams.offline import OfflinePipeline
+from tests.factories import contribution, settlement
+
+
+class Exploding(Rule):
+    rule_id = "exploding_rule"
+    description = "raises on every settlement (a stand-in for a rule with a bug)"
+    subject_kind = "institution"
+    key_kind = "institution"
+
+    def apply(self, state, event):
+        raise ValueError("division by zero in a data engineer's new rule")
+
+
+def unfiled(i: int) -> bytes:
+    return orjson.dumps(settlement(
+        settlement_id=f"U{i}", person_id=f"P{i}", institution_id="H440100001",
+        insured_region="440900", treatment_region="440100", filing="none",
+        visit_type="inpatient", settled_at=f"2025-03-1{i}T10:00:00+08:00",
+        admitted_on=f"2025-03-0{i}", discharged_on=f"2025-03-1{i}"))
+
+
+def test_a_failing_rule_is_dead_lettered_and_the_others_still_fire():
+    pipeline = OfflinePipeline(DetectionCore([Exploding(), UnfiledCrossRegion()]))
+    outcomes = [pipeline.feed(unfiled(i), source=f"t/0/{i}") for i in range(1, 6)]
+    assert outcomes == ["accepted"] * 5          # the records themselves were fine
+    assert len(pipeline.alerts) == 1             # the healthy rule still fired
+    failed = [d for d in pipeline.deadletters if d["stage"] == "detect"]
+    assert len(failed) == 5
+    assert failed[0]["reasons"][0]["code"] == "rule_failed"
+    assert "exploding_rule" in failed[0]["reasons"][0]["message"]
+    assert not any(k.startswith("exploding_rule|") for k in pipeline.state)
+
+
+def test_routes_follow_the_rules_key_kinds():
+    core = DetectionCore([UnfiledCrossRegion()])
+    from streams.records import parse
+
+    assert core.routes(parse(unfiled(1))) == [("institution", "H440100001")]
+    # A contribution has no institution: no rule of that kind sees it.
+    assert core.routes(parse(orjson.dumps(contribution()))) == []
+
+
+def test_rule_parameters_are_validated_with_their_names():
+    with pytest.raises(RuleConfigError, match=r"rules.unfiled_cross_region.min_settlements"):
+        load_rules({"unfiled_cross_region": {"min_settlements": "five"}})
+    with pytest.raises(RuleConfigError, match="below the minimum"):
+        load_rules({"unfiled_cross_region": {"min_settlements": 0}})
+    with pytest.raises(RuleConfigError, match="unknown parameter"):
+        load_rules({"unfiled_cross_region": {"min_stays": 3}})
+    with pytest.raises(RuleConfigError, match="unknown rule id"):
+        load_rules({"no_such_rule": {}})
+    assert load_rules({"unfiled_cross_region": {"enabled": False}}) == []
+    (rule,) = load_rules({"unfiled_cross_region": {"min_settlements": 8}})
+    assert rule.p["min_settlements"] == 8
+
+
+def test_threshold_escalation_keeps_one_alert_id():
+    pipeline = OfflinePipeline(DetectionCore([UnfiledCrossRegion(min_settlements=2,
+                                                                 critical_settlements=4)]))
+    for i in range(1, 6):
+        pipeline.feed(unfiled(i))
+    severities = [a["severity"] for a in pipeline.emitted]
+    assert severities == ["warning", "warning", "critical", "critical"]
+    assert len({a["alert_id"] for a in pipeline.emitted}) == 1

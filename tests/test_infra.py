@@ -1,0 +1,107 @@
+"""Settings and the embedded broker."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from kafka import KafkaAdminClient
+
+from infra.broker import EmbeddedBroker, ensure_topics
+from infra.config import ConfigError, Settings
+
+
+def test_environment_wins_over_the_config_file(tmp_path):
+    conf = tmp_path / "fundwatch.toml"
+    conf.write_text('[fundwatch]\nbootstrap_servers = "kafka-a:9092"\npartitions = 12\n'
+                    '[rules.unfiled_cross_region]\nmin_settlements = 8\n')
+    s = Settings.load(env={"FUNDWATCH_CONFIG": str(conf), "FUNDWATCH_PARTITIONS": "6"})
+    assert s.bootstrap_servers == "kafka-a:9092" and not s.embedded_broker
+    assert s.partitions == 6
+    assert s.rules == {"unfiled_cross_region": {"min_settlements": 8}}
+    assert s.config_path == str(conf)
+
+
+def test_nothing_configured_means_embedded_defaults():
+    s = Settings.load(env={})
+    assert s.embedded_broker and s.alert_store_url().startswith("sqlite:///")
+    assert s.topic("settlements") == "fundwatch.settlements"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[fundwatch]\npartitons = 3\n', "[fundwatch].partitons is not a known setting"),
+    ('[fundwatch]\npartitions = 0\n', "[fundwatch].partitions"),
+    ('[fundwatch\n', "not valid TOML"),
+])
+def test_config_errors_name_the_file_and_the_key(tmp_path, text, needle):
+    conf = tmp_path / "bad.toml"
+    conf.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        Settings.load(env={"FUNDWATCH_CONFIG": str(conf)})
+    assert str(conf) in str(err.value) and needle in str(err.value)
+
+
+def test_bad_environment_value_is_named():
+    with pytest.raises(ConfigError, match="FUNDWATCH_PARTITIONS"):
+        Settings.load(env={"FUNDWATCH_PARTITIONS": "many"})
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        Settings.load(env={"FUNDWATCH_CONFIG": "/nonexistent/fundwatch.toml"})
+
+
+@pytest.mark.broker
+def test_embedded_broker_creates_topics_and_stops(tmp_path):
+    settings = Settings(partitions=3)
+    broker = EmbeddedBroker(settings, log_path=tmp_path / "tansu.log")
+    with broker:
+        proc = broker.process
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+        try:
+            topics = set(admin.list_topics())
+            assert set(settings.all_topics()) <= topics
+            described = admin.describe_topics([settings.topic("settlements")])
+            assert len(described[0]["partitions"]) == 3
+        finally:
+            admin.close()
+        # Creating them again is harmless (several workers start at once).
+        assert ensure_topics(broker.bootstrap_servers, settings) == []
+    assert proc.poll() is not None, "the broker process must be gone after exit"
+
+
+@pytest.mark.broker
+def test_embedded_broker_stops_on_an_error(tmp_path):
+    broker = EmbeddedBroker(Settings(), log_path=tmp_path / "tansu.log")
+    with pytest.raises(RuntimeError, match="boom"):
+        with broker:
+            proc = broker.process
+            raise RuntimeError("boom")
+    assert proc.poll() is not None
+
+
+@pytest.mark.broker
+def test_embedded_broker_dies_with_its_parent(tmp_path):
+    """A killed parent (kill -9, no cleanup) must not leave Tansu running."""
+    script = ("import sys, time; sys.path.insert(0, '.');"
+              "from infra.broker import EmbeddedBroker; from infra.config import Settings;"
+              "b = EmbeddedBroker(Settings()).start(); print(b.process.pid, flush=True);"
+              "time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    import os
+    import time
+
+    for _ in range(50):
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            return
+        # a zombie still answers kill(0) until reaped by init; check its state
+        with open(f"/proc/{child_pid}/stat") as f:
+            if f.read().split()[2] == "Z":
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"Tansu (pid {child_pid}) outlived its killed parent")
