@@ -176,3 +176,16 @@ def ensure_topics(bootstrap: str, settings: Settings) -> list[str]:
         return created
     finally:
         admin.close()
+
+
+def prepare_cluster(settings: Settings) -> None:
+    """On a configured cluster, create fundwatch's topics if they are missing; where
+    the account may not create topics, say so and go on (an operator made them)."""
+    try:
+        created = ensure_topics(settings.bootstrap_servers, settings)
+    except Exception as exc:  # noqa: BLE001 - permissions differ per cluster
+        log.warning("could not check or create topics on %s (%s); they must exist",
+                    settings.bootstrap_servers, exc)
+        return
+    if created:
+        log.warning("created topics on %s: %s", settings.bootstrap_servers, ", ".join(created))

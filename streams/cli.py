@@ -36,6 +36,10 @@ def _worker(args, settings: Settings) -> int:
         settings = settings.with_(bootstrap_servers=broker.bootstrap_servers)
         print(f"no cluster configured: embedded broker on {broker.bootstrap_servers}",
               file=sys.stderr)
+    else:
+        from infra.broker import prepare_cluster
+
+        prepare_cluster(settings)
     run_worker(settings, loglevel=args.loglevel)
     return 0
 

@@ -46,6 +46,11 @@ def run_demo(settings: Settings, days: int, seed: int, timeout_s: float, out_dir
         broker = EmbeddedBroker(settings, log_path=out_dir / "broker.log").start()
         settings = settings.with_(bootstrap_servers=broker.bootstrap_servers)
         print(f"embedded broker (Tansu) on {broker.bootstrap_servers}", flush=True)
+    else:
+        from infra.broker import prepare_cluster
+
+        prepare_cluster(settings)
+        print(f"using the configured cluster {settings.bootstrap_servers}", flush=True)
     db_url = settings.db_url or f"sqlite:///{(out_dir / 'alerts.db').resolve()}"
     data_dir = out_dir / "worker-data"
     shutil.rmtree(data_dir, ignore_errors=True)

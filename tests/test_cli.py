@@ -64,3 +64,27 @@ def test_simulate_writes_stream_registry_and_truth(tmp_path):
     again = tmp_path / "again.jsonl"
     fundwatch("simulate", "--out", str(again), "--days", "3", "--seed", "5")
     assert again.read_bytes() == out.read_bytes()
+
+
+def test_demo_end_to_end_on_a_configured_cluster(broker, tmp_path):
+    """`fundwatch demo` against an already running broker: it must use it (start no
+    broker of its own), stream, print alerts and a summary that reconciles, exit 0."""
+    import os
+    import uuid
+
+    tag = uuid.uuid4().hex[:6]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUNDWATCH_")}
+    env.update(FUNDWATCH_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
+               FUNDWATCH_TOPIC_PREFIX=f"demo{tag}.", FUNDWATCH_APP_ID=f"demo-{tag}")
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "demo", "--days", "4", "--out-dir",
+         str(tmp_path / "out"), "--timeout", "150"],
+        capture_output=True, text=True, timeout=240, env=env, cwd=os.getcwd())
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    assert f"using the configured cluster {broker.bootstrap_servers}" in out
+    assert "embedded broker" not in out
+    summary = out.split("── summary")[1]
+    assert "unaccounted                0" in summary
+    assert "dead-lettered" in summary and "alert store" in summary
+    assert (tmp_path / "out" / "alerts.db").exists()
