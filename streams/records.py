@@ -406,6 +406,15 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def _described(value: Any) -> str:
+    """``null``, ``true``, or the type and the value: "text '12,30'", "a number 5"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{_type_name(value)} {_show(value)}"
+
+
 def _encodable(s: str) -> bool:
     try:
         s.encode("utf-8")
@@ -471,7 +480,7 @@ class _Check:
             return None
         limit = _ID_MAX[name]
         if not isinstance(v, str):
-            self.err("wrong_type", f"{name} is {_type_name(v)} {_show(v)}; "
+            self.err("wrong_type", f"{name} is {_described(v)}; "
                      f"expected text of 1 to {limit} characters")
         elif not 1 <= len(v) <= limit:
             self.err("invalid_id", f"{name} {_show(v)} has {len(v)} characters; "
@@ -482,7 +491,7 @@ class _Check:
 
     def text_or_null(self, d: dict[str, Any], name: str) -> None:
         v = d.get(name)
-        self.err("wrong_type", f"{name} is {_type_name(v)} {_show(v)}; expected text or null")
+        self.err("wrong_type", f"{name} is {_described(v)}; expected text or null")
 
     def unicode(self, d: dict[str, Any], names: tuple[str, ...]) -> None:
         """Exact (stdlib) parses let lone surrogate escapes through; orjson never does."""
@@ -504,7 +513,7 @@ class _Check:
             return
         if not isinstance(v, str):
             hint = f' (write it as text: "{v}")' if type(v) is int else ""
-            self.err("wrong_type", f"{name} is {_type_name(v)} {_show(v)}{hint}; "
+            self.err("wrong_type", f"{name} is {_described(v)}{hint}; "
                      "expected a 6-digit region code as text, e.g. \"440900\"")
         elif _REGION_DIGITS.fullmatch(v):
             self.err("invalid_region", f"{name} {_show(v)} starts with '{v[:2]}', which is not "
@@ -520,7 +529,7 @@ class _Check:
             return
         example = "e.g. \"2024-03-01T10:15:00+08:00\""
         if not isinstance(v, str):
-            self.err("wrong_type", f"{name} is {_type_name(v)} {_show(v)}; expected an RFC 3339 "
+            self.err("wrong_type", f"{name} is {_described(v)}; expected an RFC 3339 "
                      f"date-time as text, {example}")
         elif _LOCAL_DATETIME.fullmatch(v):
             hint = " (and put a 'T' between the date and the time)" if v[10] == " " else ""
@@ -546,7 +555,7 @@ class _Check:
     def date(self, name: str, v: Any) -> None:
         if not isinstance(v, str):
             extra = "; leave the field out when there is no date" if v is None else ""
-            self.err("wrong_type", f"{name} is {_type_name(v)} {_show(v)}; expected a date as "
+            self.err("wrong_type", f"{name} is {_described(v)}; expected a date as "
                      f"text, e.g. \"2024-03-01\"{extra}")
             return
         try:
@@ -588,7 +597,7 @@ class _Check:
                 self.err("invalid_amount", f"{name} is {_show(v)}{hint}; {_MONEY_EXPECTED}")
             return fen
         if isinstance(v, bool) or not isinstance(v, (int, float, Decimal)):
-            self.err("invalid_amount", f"{name} is {_type_name(v)} {_show(v)}; "
+            self.err("invalid_amount", f"{name} is {_described(v)}; "
                      f"{_MONEY_EXPECTED}")
             return None
         if isinstance(v, int):
@@ -627,7 +636,7 @@ class _Check:
         if v is _MISSING:
             return None
         if isinstance(v, bool) or not isinstance(v, (int, float, Decimal)):
-            self.err("wrong_type", f"age is {_type_name(v)} {_show(v)}; expected a whole number "
+            self.err("wrong_type", f"age is {_described(v)}; expected a whole number "
                      "of years (a JSON number, not text)")
             return None
         age = _as_int(v)
@@ -649,7 +658,7 @@ class _Check:
         if v is _MISSING:
             return None
         if not isinstance(v, list):
-            self.err("wrong_type", f"diagnoses is {_type_name(v)} {_show(v)}; expected a list "
+            self.err("wrong_type", f"diagnoses is {_described(v)}; expected a list "
                      "of ICD-10 codes, e.g. [\"I21.9\", \"E11.9\"]")
             return None
         bad = [(i, x) for i, x in enumerate(v)
@@ -663,7 +672,7 @@ class _Check:
     def item(self, it: Any, i: int, reversal: bool) -> Item | None:
         where = f"items[{i}]"
         if not isinstance(it, dict):
-            self.err("wrong_type", f"{where} is {_type_name(it)} {_show(it)}; expected an "
+            self.err("wrong_type", f"{where} is {_described(it)}; expected an "
                      "object like {\"category\": \"drug\", \"amount\": \"12.30\"}")
             return None
         ok = True
@@ -687,7 +696,7 @@ class _Check:
         quantity: float | None = None
         if q is not _MISSING:
             if isinstance(q, bool) or not isinstance(q, (int, float, Decimal)):
-                self.err("wrong_type", f"{where}.quantity is {_type_name(q)} {_show(q)}; "
+                self.err("wrong_type", f"{where}.quantity is {_described(q)}; "
                          "expected a number (or leave the field out)")
                 ok = False
             else:
@@ -802,7 +811,7 @@ def _check(obj: Any, raw: bytes, exact: bool) -> Settlement | Contribution:
     if schema is _MISSING or schema is None:
         reason = Reason("missing_field", f"field 'schema' is missing; {known}")
     elif not isinstance(schema, str):
-        reason = Reason("wrong_type", f"schema is {_type_name(schema)} {_show(schema)}; {known}")
+        reason = Reason("wrong_type", f"schema is {_described(schema)}; {known}")
     elif schema == "alert/v1":
         reason = Reason("unknown_schema", "schema is \"alert/v1\": alerts are fundwatch's "
                         f"output, not an input event; {known}")
@@ -973,7 +982,7 @@ def _items(d: dict[str, Any], c: _Check, reversal: bool,
         return None
     if v.__class__ is not list:
         extra = "; leave the field out when there are no cost lines" if v is None else ""
-        c.err("wrong_type", f"items is {_type_name(v)} {_show(v)}; expected a list of cost "
+        c.err("wrong_type", f"items is {_described(v)}; expected a list of cost "
               f"lines{extra}")
         return None
     start = len(c.errs)
