@@ -20,13 +20,14 @@ settlements) becomes the current revision and the previous one stays in
 """
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
 import orjson
 from sqlalchemy import (JSON, DateTime, ForeignKey, Integer, String, Text, create_engine,
                         event, func, select)
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 
@@ -83,7 +84,19 @@ class AlertStore:
                 if url not in ("sqlite://", "sqlite:///:memory:"):
                     cur.execute("PRAGMA journal_mode = WAL")
                 cur.close()
-        Base.metadata.create_all(self.engine)
+        self._create_schema()
+
+    def _create_schema(self) -> None:
+        # Several workers start at once against one database: both may see the
+        # table missing and one CREATE then fails. Checking again settles it.
+        for attempt in range(5):
+            try:
+                Base.metadata.create_all(self.engine)
+                return
+            except (OperationalError, ProgrammingError, IntegrityError):
+                if attempt == 4:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     def upsert(self, alert: dict[str, Any]) -> str:
         return self.upsert_many([alert])[0]

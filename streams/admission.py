@@ -68,6 +68,8 @@ class Admission:
 
     outcome: Literal["accepted", "duplicate", "rejected"]
     reasons: tuple[Reason, ...] = ()
+    #: The same broker position was decided before (a redelivery after a crash):
+    #: the decision is repeated, but the record must not be counted again.
     redelivery: bool = False
 
     @property
@@ -130,19 +132,27 @@ def admit(event: Settlement | Contribution, ledger: MutableMapping[str, Any],
         key = "s:" + event.settlement_id
     else:
         key = "c:" + event.contribution_id
+    # A copy from a broker position already decided (the worker died before its
+    # offset was committed) gets the same decision again, flagged as a redelivery so
+    # that it is not counted twice; its dead letter may be re-sent (consumers of the
+    # dead-letter topic dedupe by source position).
+    if source is not None:
+        decided = ledger.get(_SOURCE_PREFIX + source)
+        if decided is not None:
+            return _replayed(decided)
     content = digest(event)
     seen = ledger.get(key)
     if seen is not None:
         if seen["d"] != content:
-            return Admission("rejected", (Reason(
+            return _decided(ledger, source, Admission("rejected", (Reason(
                 "conflicting_duplicate",
                 f"{event.kind} id {event.record_id!r} was already received with different "
                 "content; the first version is kept. Send a correction as a reversal "
                 "(reverses) plus a new settlement with a new id, not under the same id",
-            ),))
+            ),)))
         if source is not None and seen.get("s") == source:
             return _REDELIVERED
-        return _DUPLICATE
+        return _decided(ledger, source, _DUPLICATE)
 
     entry: dict[str, Any] = {"d": content}
     if source is not None:
@@ -160,7 +170,7 @@ def admit(event: Settlement | Contribution, ledger: MutableMapping[str, Any],
     if event.reverses is not None:
         reasons = _check_reversal(event, ledger)
         if reasons:
-            return Admission("rejected", reasons)
+            return _decided(ledger, source, Admission("rejected", reasons))
         entry["r"] = event.reverses
         original_key = "s:" + event.reverses
         # Mark the original first: if the worker dies between the two writes, the
@@ -169,6 +179,26 @@ def admit(event: Settlement | Contribution, ledger: MutableMapping[str, Any],
         ledger[original_key] = {**ledger[original_key], "rb": event.settlement_id}
     ledger[key] = entry
     return _ACCEPTED
+
+
+#: Ledger keys of broker positions whose record was not accepted (a duplicate or a
+#: rejection); accepted records carry their position in their own entry ("s").
+_SOURCE_PREFIX = "src:"
+
+
+def _decided(ledger: MutableMapping[str, Any], source: str | None,
+             admission: Admission) -> Admission:
+    """Remember a non-accepted decision by broker position; return it."""
+    if source is not None:
+        ledger[_SOURCE_PREFIX + source] = {
+            "o": admission.outcome,
+            "r": [[r.code, r.message] for r in admission.reasons]}
+    return admission
+
+
+def _replayed(decided: dict[str, Any]) -> Admission:
+    return Admission(decided["o"], tuple(Reason(c, m) for c, m in decided["r"]),
+                     redelivery=True)
 
 
 def _check_reversal(event: Settlement, ledger: MutableMapping[str, Any]) -> tuple[Reason, ...]:

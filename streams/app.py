@@ -147,14 +147,15 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                 admit_counts[f"{partition}/rejected"] += 1
                 await dead_letter(original, [internal_error(exc)], "admit")
                 continue
+            # A redelivery (same broker position, decided before a crash) repeats its
+            # decision but is counted apart, so every input counts exactly once.
+            admit_counts[f"{partition}/"
+                         f"{'redelivered' if verdict.redelivery else verdict.outcome}"] += 1
             if verdict.outcome == "rejected":
-                admit_counts[f"{partition}/rejected"] += 1
                 await dead_letter(original, verdict.reasons, "admit")
                 continue
             if verdict.outcome == "duplicate":
-                admit_counts[f"{partition}/duplicate"] += 1
                 continue
-            admit_counts[f"{partition}/{'redelivered' if verdict.redelivery else 'accepted'}"] += 1
             canonical = to_canonical(event)
             for kind, key in core.routes(event):
                 await detect_topic.send(key=f"{kind}:{key}".encode(), value=orjson.dumps(

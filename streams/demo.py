@@ -79,7 +79,7 @@ async def _stream(settings: Settings, sim, worker, timeout_s: float, started: fl
             last_line[0] = now
             print(f"  … {o.accounted:>7,}/{total:,} records through · "
                   f"{o.count('accepted'):,} accepted · {o.count('duplicate'):,} duplicates · "
-                  f"{len(o.deadletters):,} dead-lettered · {len(o.alerts):,} alerts", flush=True)
+                  f"{len(o.rejected):,} dead-lettered · {len(o.alerts):,} alerts", flush=True)
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited with code {worker.returncode}; "
                                "see worker.log")
@@ -106,9 +106,11 @@ def _summary(sim, o, store: AlertStore, total: int, done: bool, elapsed: float) 
     print(f"events in            {total:>9,}")
     print(f"  processed          {o.count('accepted'):>9,}")
     print(f"  duplicates         {o.count('duplicate'):>9,}   (changed nothing)")
-    print(f"  dead-lettered      {len(o.deadletters):>9,}   (fundwatch.deadletter, with reasons)")
+    print(f"  dead-lettered      {len(o.rejected):>9,}   (fundwatch.deadletter, with reasons)")
     for code, n in reasons.most_common():
         print(f"      {code:28} {n:>6,}")
+    for rule, n in o.rule_failures().most_common():
+        print(f"  rule failures      {n:>9,}   ({rule}; records processed, see dead letters)")
     unaccounted = total - o.accounted
     print(f"  unaccounted        {unaccounted:>9,}" + ("" if done else "   (timed out)"))
     print(f"alerts               {len(o.alerts):>9,}   ({o.alert_revisions:,} revisions)")

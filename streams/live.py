@@ -107,18 +107,29 @@ class Observed:
     alerts: dict[str, dict] = field(default_factory=dict)  # latest revision per id
     alert_revisions: int = 0
     deadletters: list[dict] = field(default_factory=list)
+    _deadletter_positions: set = field(default_factory=set, repr=False)
     admit_counts: dict[str, int] = field(default_factory=dict)
 
     def count(self, outcome: str) -> int:
         return sum(v for k, v in self.admit_counts.items() if k.endswith("/" + outcome))
 
     @property
+    def rejected(self) -> list[dict]:
+        """Dead letters of input records (a rule failing on an accepted record is
+        dead-lettered too, at stage "detect", but that record was processed)."""
+        return [d for d in self.deadletters if d["stage"] != "detect"]
+
+    @property
     def accounted(self) -> int:
         """Input records whose fate is known: processed, duplicate or dead-lettered."""
-        return self.count("accepted") + self.count("duplicate") + len(self.deadletters)
+        return self.count("accepted") + self.count("duplicate") + len(self.rejected)
 
     def reasons(self) -> Counter:
-        return Counter(r["code"] for d in self.deadletters for r in d["reasons"])
+        return Counter(r["code"] for d in self.rejected for r in d["reasons"])
+
+    def rule_failures(self) -> Counter:
+        return Counter(r["message"].split(" failed")[0] for d in self.deadletters
+                       if d["stage"] == "detect" for r in d["reasons"])
 
     def alerts_by_rule(self) -> Counter:
         return Counter(a["rule_id"] for a in self.alerts.values())
@@ -160,7 +171,13 @@ class Watcher:
                     if self.on_alert:
                         self.on_alert(value, previous)
                 elif tp.topic == s.topic("deadletter"):
-                    o.deadletters.append(value)
+                    # At-least-once: a record redelivered after a crash may be
+                    # dead-lettered twice; its source position identifies it.
+                    src = value["source"]
+                    position = (value["stage"], src["topic"], src["partition"], src["offset"])
+                    if position not in o._deadletter_positions:
+                        o._deadletter_positions.add(position)
+                        o.deadletters.append(value)
                 else:
                     # Counters only grow; metrics of several workers (or of a worker
                     # and its restarted successor) arrive in any order: keep the max.

@@ -38,6 +38,9 @@ class OfflinePipeline:
         except Rejected as exc:
             return self._reject(raw, exc.reasons, "validate", topic, partition, offset)
         verdict = admit(event, self.ledger, source)
+        if verdict.redelivery and verdict.outcome != "accepted":
+            self.counts["redelivered"] += 1
+            return verdict.outcome
         if verdict.outcome == "rejected":
             return self._reject(raw, verdict.reasons, "admit", topic, partition, offset)
         if verdict.outcome == "duplicate":

@@ -104,7 +104,11 @@ def test_conflicting_duplicate_is_rejected_and_first_content_kept(ledger):
     result = admit(changed, ledger, source="t:0:9")
     assert result.outcome == "rejected" and codes(result) == ["conflicting_duplicate"]
     assert "'S1'" in result.reasons[0].message
-    assert snapshot(ledger) == before
+    # The first content's entry is untouched; only the decision on position t:0:9 is
+    # remembered, so that a redelivery of it is not counted twice.
+    after = snapshot(ledger)
+    assert {k: v for k, v in after.items() if not k.startswith("src:")} == before
+    assert set(after) - set(before) == {"src:t:0:9"}
     # the first content is still the one that counts
     assert admit(ev(rec), ledger).outcome == "duplicate"
     assert codes(admit(changed, ledger)) == ["conflicting_duplicate"]
@@ -251,3 +255,35 @@ def test_rejections_do_not_write(ledger, original):
 
 def test_admission_codes_are_registered():
     assert set(ADMISSION_CODES) <= set(REASON_CODES)
+
+
+def test_redelivered_duplicate_and_rejection_are_decided_once():
+    """After a crash a worker re-reads records whose offsets were not committed: a
+    duplicate or a rejected record from the same broker position gets the same
+    decision again, flagged as a redelivery so that it is not counted twice."""
+    from streams.admission import admit
+    from streams.records import parse
+
+    ledger: dict = {}
+    original = settlement(settlement_id="RD-1")
+    assert admit(parse(dumps(original)), ledger, source="t/0/1").outcome == "accepted"
+
+    dup = admit(parse(dumps(original)), ledger, source="t/0/2")
+    assert (dup.outcome, dup.redelivery) == ("duplicate", False)
+    again = admit(parse(dumps(original)), ledger, source="t/0/2")
+    assert (again.outcome, again.redelivery) == ("duplicate", True)
+
+    changed = {**original, "diagnoses": ["I21.9"]}
+    conflict = admit(parse(dumps(changed)), ledger, source="t/0/3")
+    assert (conflict.outcome, conflict.redelivery) == ("rejected", False)
+    replayed = admit(parse(dumps(changed)), ledger, source="t/0/3")
+    assert (replayed.outcome, replayed.redelivery) == ("rejected", True)
+    assert replayed.reasons == conflict.reasons      # the dead letter can be re-sent as is
+
+    orphan = reversal_of(settlement(settlement_id="NEVER-SEEN"), settlement_id="RD-R")
+    first = admit(parse(dumps(orphan)), ledger, source="t/0/4")
+    assert [r.code for r in first.reasons] == ["reversal_unknown_original"]
+    assert admit(parse(dumps(orphan)), ledger, source="t/0/4").redelivery
+
+    # A new copy from a new position is still a new duplicate.
+    assert not admit(parse(dumps(original)), ledger, source="t/0/9").redelivery

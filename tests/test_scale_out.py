@@ -30,6 +30,7 @@ def test_two_workers_then_one(live_settings, tmp_path):
         await watcher.start()
         producing = asyncio.create_task(produce(settings, lines, rate_per_s=600))
         assert await watcher.until(lambda o: o.accounted >= len(lines) // 3, 120)
+        assert first.poll() is None and second.poll() is None, "both workers must be up"
         stop_worker(first)          # mid-stream: its partitions move to the other worker
         assert first.returncode == 0
         await producing

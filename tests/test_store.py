@@ -46,3 +46,13 @@ def test_batch_with_repeats_in_it(store):
     a, b = _alert(5), _alert(6)
     assert store.upsert_many([a, a, b]) == ["inserted", "unchanged", "updated"]
     assert store.all() == [b]
+
+
+def test_many_stores_created_at_once(tmp_path):
+    """Workers start together against one database; creating the schema races."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    with ThreadPoolExecutor(8) as pool:
+        stores = list(pool.map(lambda _: AlertStore(url), range(8)))
+    assert all(s.count() == 0 for s in stores)
