@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 
 import faust
 import orjson
@@ -34,6 +35,7 @@ from rules.core import DetectionCore, load_rules
 from sinks.store import AlertStore
 from streams.admission import admit
 from streams.deadletter import deadletter_record
+from streams.latency import LatencyRecorder
 from streams.records import (Reason, Rejected, Settlement, from_canonical, parse,
                              to_canonical)
 
@@ -98,6 +100,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     # "<partition>/<outcome>" → count, for the admit stage (reconciliation, demo)
     admit_counts = app.Table("admit-counts", default=int, partitions=P)
     validate_rejected = {"count": 0}  # the dead-letter topic is its durable record
+    latency = LatencyRecorder()
 
     async def dead_letter(message, reasons, stage):
         record = deadletter_record(message["raw"], reasons, stage=stage,
@@ -117,6 +120,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             except Rejected as exc:
                 validate_rejected["count"] += 1
                 await dead_letter(source, exc.reasons, "validate")
+                latency.record_since(msg.timestamp, time.time())
                 continue
             except Exception as exc:  # noqa: BLE001 - a record must never stop the worker
                 log.exception("ingest failed on %s/%s/%s", msg.topic, msg.partition, msg.offset)
@@ -125,6 +129,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                 continue
             await admit_topic.send(key=admission_key(event).encode(), value=orjson.dumps({
                 "src": f"{msg.topic}/{msg.partition}/{msg.offset}",
+                "ts": msg.timestamp,  # producer's CreateTime (Faust: seconds), for latency
                 "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
                 "key": msg.key.decode("utf-8", "backslashreplace") if msg.key else None,
                 "raw": msg.value.decode("utf-8"),  # parse() accepted it, so it is UTF-8
@@ -153,13 +158,19 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                          f"{'redelivered' if verdict.redelivery else verdict.outcome}"] += 1
             if verdict.outcome == "rejected":
                 await dead_letter(original, verdict.reasons, "admit")
+                latency.record_since(wrapped.get("ts"), time.time())
                 continue
             if verdict.outcome == "duplicate":
+                latency.record_since(wrapped.get("ts"), time.time())
                 continue
             canonical = to_canonical(event)
-            for kind, key in core.routes(event):
+            routes = core.routes(event)
+            for kind, key in routes:
                 await detect_topic.send(key=f"{kind}:{key}".encode(), value=orjson.dumps(
-                    {"kind": kind, "key": key, "event": canonical, "src": wrapped["src"]}))
+                    {"kind": kind, "key": key, "event": canonical, "src": wrapped["src"],
+                     "ts": wrapped.get("ts")}))
+            if not routes:
+                latency.record_since(wrapped.get("ts"), time.time())
 
     @app.agent(detect_topic)
     async def detect(stream):
@@ -171,6 +182,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             for alert in detection.alerts:
                 await alerts_topic.send(key=alert["alert_id"].encode(),
                                         value=orjson.dumps(alert))
+            latency.record_since(routed.get("ts"), time.time())
             if detection.failures:
                 topic, partition, offset = routed["src"].rsplit("/", 2)
                 await dead_letter(
@@ -207,6 +219,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             "worker": worker_name,
             "admit": counts,
             "validate_rejected_since_start": validate_rejected["count"],
+            "latency": latency.summary(),
         }))
 
     app.fundwatch_core = core  # for tests and the demo's summary

@@ -51,6 +51,15 @@ def _demo(args, settings: Settings) -> int:
                     out_dir=Path(args.out_dir))
 
 
+def _bench(args) -> int:
+    import orjson
+
+    from streams.bench import run_bench
+
+    print(orjson.dumps(run_bench(quick=args.quick)).decode(), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fundwatch", description=(
         "Fund risk early warning for basic medical insurance under provincial pooling."))
@@ -75,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validate", help="check a JSONL file against the contract")
     p.add_argument("file")
 
+    p = sub.add_parser("bench", help="measure the live path through the broker")
+    p.add_argument("--quick", action="store_true", help="a short run (about a minute)")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s "
                         "%(message)s")
@@ -88,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             return _worker(args, settings)
         if args.command == "demo":
             return _demo(args, settings)
+        if args.command == "bench":
+            return _bench(args)
     except ConfigError as exc:
         print(f"fundwatch: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -49,6 +49,18 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
                             stdin=subprocess.DEVNULL)
 
 
+def peak_rss_mb(proc: subprocess.Popen) -> float | None:
+    """The process's peak resident memory so far (Linux VmHWM), in MB."""
+    try:
+        with open(f"/proc/{proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def stop_worker(proc: subprocess.Popen, timeout_s: float = 20.0, hard: bool = False) -> None:
     if proc.poll() is not None:
         return
@@ -109,6 +121,7 @@ class Observed:
     deadletters: list[dict] = field(default_factory=list)
     _deadletter_positions: set = field(default_factory=set, repr=False)
     admit_counts: dict[str, int] = field(default_factory=dict)
+    latency: dict[str, dict] = field(default_factory=dict)  # worker → latest summary
 
     def count(self, outcome: str) -> int:
         return sum(v for k, v in self.admit_counts.items() if k.endswith("/" + outcome))
@@ -183,6 +196,8 @@ class Watcher:
                     # and its restarted successor) arrive in any order: keep the max.
                     for key, n in value["admit"].items():
                         o.admit_counts[key] = max(o.admit_counts.get(key, 0), n)
+                    if value.get("latency"):
+                        o.latency[value["worker"]] = value["latency"]
 
     async def until(self, predicate, timeout_s: float, tick=None) -> bool:
         deadline = time.monotonic() + timeout_s

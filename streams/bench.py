@@ -1,0 +1,148 @@
+"""``fundwatch bench``: the live path measured through the broker, beside a raw consumer.
+
+Two phases, each with its own topics, consumer group and worker process:
+
+1. throughput — a simulated stream is produced first; a raw aiokafka consumer
+   (``getmany`` + orjson parse, its own group) reads it, then one ``fundwatch
+   worker`` with every rule on ingests it; its rate runs from the first record
+   it accounts for to the last (from the metrics it publishes every second);
+2. latency — a fresh worker is started and warmed up, then the stream is produced
+   at half the rate phase 1 sustained; latency per record = last stage done −
+   producer timestamp, reported by the worker as p50/p99.
+
+The last line is the contract's JSON. Compare ``ratio``, not absolute rates: the
+machines are shared and noisy, and both rates come from the same run.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from infra.broker import EmbeddedBroker, ensure_topics
+from infra.config import Settings
+from streams.live import Watcher, peak_rss_mb, produce, start_worker, stop_worker
+from streams.simulate import simulate
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def raw_consumer_rate(settings: Settings, total: int) -> float:
+    consumer = AIOKafkaConsumer(settings.topic("settlements"), settings.topic("contributions"),
+                                bootstrap_servers=settings.bootstrap_servers,
+                                group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    n, first = 0, None
+    try:
+        while n < total:
+            batches = await consumer.getmany(timeout_ms=500, max_records=10000)
+            for messages in batches.values():
+                if messages and first is None:
+                    first = time.perf_counter()
+                for m in messages:
+                    try:
+                        orjson.loads(m.value)
+                    except orjson.JSONDecodeError:
+                        pass  # the simulation's malformed records
+                n += len(messages)
+    finally:
+        await consumer.stop()
+    return n / (time.perf_counter() - first)
+
+
+async def _until_accounted(watcher: Watcher, worker, total: int, timeout_s: float):
+    first = [None]
+
+    def tick(o):
+        if first[0] is None and o.accounted > 0:
+            first[0] = time.perf_counter()
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {worker.returncode}")
+
+    if not await watcher.until(lambda o: o.accounted >= total, timeout_s, tick=tick):
+        raise RuntimeError(f"worker accounted for {watcher.observed.accounted}/{total}")
+    return first[0], time.perf_counter()
+
+
+def _phase_settings(base: Settings, name: str, out: Path) -> Settings:
+    tag = uuid.uuid4().hex[:6]
+    return base.with_(topic_prefix=f"bench-{name}-{tag}.", app_id=f"bench-{name}-{tag}",
+                      data_dir=str(out / name), db_url=f"sqlite:///{out / name}-alerts.db")
+
+
+async def _throughput(settings: Settings, events: list[bytes], out: Path) -> dict:
+    n = await produce(settings, events)
+    raw = await raw_consumer_rate(settings, n)
+    _say(f"raw aiokafka consumer: {raw:,.0f} records/s")
+    watcher = Watcher(settings)
+    await watcher.start()
+    worker = start_worker(settings, out / "worker-throughput.log")
+    try:
+        first, last = await _until_accounted(watcher, worker, n, 1800)
+        rss = peak_rss_mb(worker)
+    finally:
+        stop_worker(worker)
+        await watcher.stop()
+    rate = n / (last - first)
+    _say(f"fundwatch worker: {rate:,.0f} records/s (validate → admit → detect → alerts)")
+    return {"records": n, "events_per_s": rate, "raw_consumer_events_per_s": raw,
+            "peak_rss_mb": rss}
+
+
+async def _latency(settings: Settings, events: list[bytes], rate: float, out: Path) -> dict:
+    watcher = Watcher(settings)
+    await watcher.start()
+    worker = start_worker(settings, out / "worker-latency.log")
+    try:
+        await produce(settings, events[:1])          # warm-up: the group has joined when
+        await _until_accounted(watcher, worker, 1, 120)  # this one record is through
+        _say(f"latency: producing {len(events) - 1:,} records at {rate:,.0f}/s")
+        await produce(settings, events[1:], rate_per_s=rate)
+        await _until_accounted(watcher, worker, len(events), 1800)
+        await watcher.until(lambda o: False, 1.5)    # the worker's next metrics
+        rss = peak_rss_mb(worker)
+    finally:
+        stop_worker(worker)
+        await watcher.stop()
+    (summary,) = watcher.observed.latency.values()
+    return {"latency_p50_s": summary["p50_s"], "latency_p99_s": summary["p99_s"],
+            "latency_max_s": summary["max_s"], "peak_rss_mb": rss}
+
+
+def run_bench(quick: bool = False) -> dict:
+    days = 2 if quick else 10
+    events = simulate(days=days, seed=11).events
+    out = Path(tempfile.mkdtemp(prefix="fundwatch-bench-"))
+    _say(f"bench: {len(events):,} simulated records ({days} days), {os.cpu_count()} cores; "
+         f"logs in {out}")
+    base = Settings(partitions=4)
+    with EmbeddedBroker(base, log_path=out / "broker.log") as broker:
+        base = base.with_(bootstrap_servers=broker.bootstrap_servers)
+        s1, s2 = _phase_settings(base, "throughput", out), _phase_settings(base, "latency", out)
+        for s in (s1, s2):
+            ensure_topics(broker.bootstrap_servers, s)
+        t = asyncio.run(_throughput(s1, events, out))
+        lat_events = events[: max(200, int(t["events_per_s"] * (5 if quick else 20)))]
+        lat = asyncio.run(_latency(s2, lat_events, t["events_per_s"] / 2, out))
+    return {
+        "events_per_s": round(t["events_per_s"], 1),
+        "raw_consumer_events_per_s": round(t["raw_consumer_events_per_s"], 1),
+        "ratio": round(t["events_per_s"] / t["raw_consumer_events_per_s"], 4),
+        "latency_p50_s": lat["latency_p50_s"],
+        "latency_p99_s": lat["latency_p99_s"],
+        "peak_rss_mb": round(max(x for x in (t["peak_rss_mb"], lat["peak_rss_mb"]) if x), 1),
+        "records": t["records"],
+        "latency_records": len(lat_events),
+        "latency_rate_per_s": round(t["events_per_s"] / 2, 1),
+        "partitions": base.partitions,
+        "cores": os.cpu_count(),
+    }

@@ -1,0 +1,58 @@
+"""End-to-end latency of the live path, as a worker sees it.
+
+Latency of a record = the moment its last stage finished with it (its detection,
+or its dead letter / duplicate verdict) minus the time its producer stamped on
+the input message (Kafka CreateTime). Only the worker reads this clock; rules
+never do. Samples are kept in a bounded reservoir so a long run cannot grow it.
+
+>>> r = LatencyRecorder(capacity=4)
+>>> for s in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
+...     r.record(s)
+>>> r.summary()["count"], len(r.samples) <= 4
+(6, True)
+>>> LatencyRecorder().summary()
+{'count': 0, 'p50_s': None, 'p99_s': None, 'max_s': None}
+"""
+from __future__ import annotations
+
+import random
+
+
+class LatencyRecorder:
+    def __init__(self, capacity: int = 100_000, seed: int = 0) -> None:
+        self.capacity = capacity
+        self.samples: list[float] = []
+        self.count = 0
+        self.max = 0.0
+        self._rng = random.Random(seed)  # reservoir sampling: every sample equally likely
+
+    def record(self, seconds: float) -> None:
+        self.count += 1
+        self.max = max(self.max, seconds)
+        if len(self.samples) < self.capacity:
+            self.samples.append(seconds)
+        else:
+            slot = self._rng.randrange(self.count)
+            if slot < self.capacity:
+                self.samples[slot] = seconds
+
+    def record_since(self, produced_s: float | None, now_s: float) -> None:
+        """``produced_s``: the input message's timestamp, in seconds (as Faust gives it)."""
+        if produced_s:
+            self.record(max(0.0, now_s - produced_s))
+
+    def reset(self) -> None:
+        self.samples.clear()
+        self.count = 0
+        self.max = 0.0
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {"count": 0, "p50_s": None, "p99_s": None, "max_s": None}
+        ordered = sorted(self.samples)
+
+        def q(p: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 4)
+
+        return {"count": self.count, "p50_s": q(0.50), "p99_s": q(0.99),
+                "max_s": round(self.max, 4)}
