@@ -54,6 +54,7 @@ class Settings:
     replication_factor: int = 1
     app_id: str = "fundwatch"
     data_dir: str = "fundwatch-data"
+    pools_path: str | None = None  # the pool registry (contract pools/v1, YAML)
     # Faust's defaults (60 s) make a consumer group's first join take 30 s on
     # Tansu; a short rebalance timeout makes a worker ready in a few seconds.
     # On a real cluster with many workers raise these.

@@ -23,8 +23,11 @@ import importlib
 import importlib.metadata
 import inspect
 import pkgutil
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, MutableMapping
+
+if TYPE_CHECKING:
+    from rules.registry import Registry
 
 State = dict[str, Any]
 Alert = dict[str, Any]
@@ -77,14 +80,33 @@ class Rule:
     key_kind: ClassVar[str]
     params: ClassVar[Mapping[str, Param]] = {}
 
-    def __init__(self, **overrides: Any) -> None:
-        unknown = set(overrides) - set(self.params)
+    def __init__(self, registry: "Registry | None" = None,
+                 provinces: Mapping[str, Mapping[str, Any]] | None = None,
+                 **overrides: Any) -> None:
+        self.registry = registry
+        self.p = self._checked(overrides, f"rules.{self.rule_id}")
+        # Per-province overrides: {"44": {"threshold": 0.3}} → that province's values.
+        self._by_province = {
+            str(prov): {**self.p, **self._checked(values, f"rules.{self.rule_id}.provinces."
+                                                          f"{prov}", defaults=False)}
+            for prov, values in (provinces or {}).items()}
+
+    def _checked(self, values: Mapping[str, Any], where: str, defaults: bool = True) -> dict:
+        unknown = set(values) - set(self.params)
         if unknown:
-            raise RuleConfigError(f"rules.{self.rule_id}: unknown parameter(s) "
+            raise RuleConfigError(f"{where}: unknown parameter(s) "
                                   f"{', '.join(sorted(unknown))}; known: "
                                   f"{', '.join(self.params) or 'none'}")
-        self.p = {name: spec.check(self.rule_id, name, overrides.get(name, spec.default))
-                  for name, spec in self.params.items()}
+        names = self.params if defaults else values
+        return {name: self.params[name].check(self.rule_id, name,
+                                              values.get(name, self.params[name].default))
+                for name in names}
+
+    def param(self, name: str, province: str | None = None) -> Any:
+        """A parameter's value, with the province's override where one is set."""
+        if province is not None and province in self._by_province:
+            return self._by_province[province][name]
+        return self.p[name]
 
     def key(self, event: Any) -> str | None:
         return KEYS[self.key_kind](event)
@@ -119,18 +141,31 @@ class DetectionCore:
                 out.append((kind, key))
         return out
 
-    def process(self, kind: str, key: str, event: Any,
-                state: MutableMapping[str, State]) -> "Detection":
+    def process(self, kind: str, key: str, event: Any, state: MutableMapping[str, Any],
+                position: tuple[Any, int] | None = None) -> "Detection":
         """Run every rule keyed by ``kind`` on the event; return alerts and failures.
+
+        ``position`` = (partition, offset) of the event in the ordered stream that
+        fed this stage. Each rule's state remembers, per partition, the highest
+        offset it has applied, in the same value as the state itself — so a
+        redelivered event (a restarted worker re-reading what it had not yet
+        committed) is skipped, and even rules that sum money apply every event
+        exactly once. Events of one partition reach a key in offset order: the
+        live path keeps per-partition order from one stage to the next.
 
         A rule that raises leaves its state as it was and is reported in
         ``failures`` (the drivers dead-letter it with reason ``rule_failed``); the
         other rules still run, and the worker carries on.
         """
-        detection = Detection([], [])
+        detection = Detection([], [], {})
+        part, offset = (str(position[0]), position[1]) if position else (None, None)
         for rule in self._by_kind.get(kind, ()):
             slot = f"{rule.rule_id}|{key}"
-            before = state.get(slot)
+            stored = state.get(slot)
+            applied = stored["at"] if stored else {}
+            if part is not None and applied.get(part, -1) >= offset:
+                continue  # already applied: a redelivery
+            before = stored["v"] if stored else None
             try:
                 after, fired = rule.apply(before, event)
             except Exception as exc:  # noqa: BLE001 - one rule's bug must not stop the rest
@@ -139,18 +174,28 @@ class DetectionCore:
                                    f"{type(exc).__name__}: {exc}"))
                 continue
             if after != before:
-                if after is None:
-                    state.pop(slot, None)
-                else:
-                    state[slot] = after
+                # The position is recorded only with a change: an event that left
+                # the state as it was gives the same result if it comes again.
+                if part is not None:
+                    applied = {**applied, part: offset}
+                detection.updates[slot] = {"v": after, "at": applied}
             detection.alerts.extend(fired)
         return detection
+
+    @staticmethod
+    def commit(state: MutableMapping[str, Any], detection: "Detection") -> None:
+        """Write the new rule states. The live driver calls this only once the
+        alerts are acknowledged by the broker: state saved with its alert lost would
+        make the redelivered event look applied and the alert would never come."""
+        for slot, value in detection.updates.items():
+            state[slot] = value
 
 
 @dataclass
 class Detection:
     alerts: list[Alert]
     failures: list[tuple[str, str]]  # (rule_id, message)
+    updates: dict[str, Any] = field(default_factory=dict)  # slot → new state envelope
 
 
 def _rule_classes(module) -> list[type[Rule]]:
@@ -181,11 +226,12 @@ def discover() -> dict[str, tuple[type[Rule], str]]:
     return found
 
 
-def load_rules(config: Mapping[str, Mapping[str, Any]] | None = None) -> list[Rule]:
+def load_rules(config: Mapping[str, Mapping[str, Any]] | None = None,
+               registry: "Registry | None" = None) -> list[Rule]:
     """Instantiate every discovered rule with its configured parameters.
 
-    ``config`` maps rule_id → {"enabled": bool, <param>: value}; rules not named
-    are enabled with their defaults.
+    ``config`` maps rule_id → {"enabled": bool, <param>: value, "provinces":
+    {"44": {<param>: value}}}; rules not named are enabled with their defaults.
     """
     config = dict(config or {})
     classes = discover()
@@ -199,5 +245,5 @@ def load_rules(config: Mapping[str, Mapping[str, Any]] | None = None) -> list[Ru
         conf = dict(config.get(rule_id, {}))
         if not conf.pop("enabled", True):
             continue
-        rules.append(cls(**conf))
+        rules.append(cls(registry=registry, **conf))
     return rules

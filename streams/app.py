@@ -32,6 +32,7 @@ from infra.broker import kafka_client_options
 from infra.config import Settings
 from infra.tansu import patch_faust_recovery
 from rules.core import DetectionCore, load_rules
+from rules.registry import Registry
 from sinks.store import AlertStore
 from streams.admission import admit
 from streams.deadletter import deadletter_record
@@ -67,7 +68,7 @@ def _ssl_context(settings: Settings):
 
 def build_app(settings: Settings, core: DetectionCore | None = None,
               store: AlertStore | None = None) -> faust.App:
-    core = core or DetectionCore(load_rules(settings.rules))
+    core = core or DetectionCore(load_rules(settings.rules, registry=load_registry(settings)))
     patch_faust_recovery(settings.bootstrap_servers, kafka_client_options(settings))
     os.makedirs(os.path.join(settings.data_dir, settings.app_id), exist_ok=True)
     app = faust.App(
@@ -168,7 +169,9 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             for kind, key in routes:
                 await detect_topic.send(key=f"{kind}:{key}".encode(), value=orjson.dumps(
                     {"kind": kind, "key": key, "event": canonical, "src": wrapped["src"],
-                     "ts": wrapped.get("ts")}))
+                     "ts": wrapped.get("ts"),
+                     # Where this copy was decided: rules apply each position once.
+                     "pos": [partition, item.message.offset]}))
             if not routes:
                 latency.record_since(wrapped.get("ts"), time.time())
 
@@ -178,10 +181,15 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         async for item in stream.events():
             routed = orjson.loads(item.message.value)
             event = from_canonical(routed["event"])
-            detection = core.process(routed["kind"], routed["key"], event, rule_state)
-            for alert in detection.alerts:
-                await alerts_topic.send(key=alert["alert_id"].encode(),
-                                        value=orjson.dumps(alert))
+            detection = core.process(routed["kind"], routed["key"], event, rule_state,
+                                     position=tuple(routed["pos"]))
+            # Alerts first, acknowledged, then the state: see DetectionCore.commit.
+            acks = [await alerts_topic.send(key=alert["alert_id"].encode(),
+                                            value=orjson.dumps(alert))
+                    for alert in detection.alerts]
+            for ack in acks:
+                await ack
+            core.commit(rule_state, detection)
             latency.record_since(routed.get("ts"), time.time())
             if detection.failures:
                 topic, partition, offset = routed["src"].rsplit("/", 2)
@@ -224,6 +232,10 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
 
     app.fundwatch_core = core  # for tests and the demo's summary
     return app
+
+
+def load_registry(settings: Settings) -> Registry | None:
+    return Registry.load(settings.pools_path) if settings.pools_path else None
 
 
 def internal_error(exc: Exception) -> Reason:

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from infra.config import ConfigError, Settings
+from rules.core import RuleConfigError
+from rules.registry import RegistryError
 
 
 def _simulate(args) -> int:
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(args, settings)
         if args.command == "bench":
             return _bench(args)
-    except ConfigError as exc:
+    except (ConfigError, RuleConfigError, RegistryError) as exc:
         print(f"fundwatch: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

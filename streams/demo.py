@@ -37,7 +37,7 @@ def run_demo(settings: Settings, days: int, seed: int, timeout_s: float, out_dir
     sim = simulate(days=days, seed=seed)
     paths = write(sim, out_dir / "province.jsonl")
     print(f"simulated {days} days of a province: {len(sim.events):,} records "
-          f"({paths['events'] if 'events' in paths else out_dir})", flush=True)
+          f"({paths['events']}; pool registry {paths['pools']})", flush=True)
 
     broker = None
     if settings.embedded_broker:
@@ -54,7 +54,8 @@ def run_demo(settings: Settings, days: int, seed: int, timeout_s: float, out_dir
     db_url = settings.db_url or f"sqlite:///{(out_dir / 'alerts.db').resolve()}"
     data_dir = out_dir / "worker-data"
     shutil.rmtree(data_dir, ignore_errors=True)
-    settings = settings.with_(db_url=db_url, data_dir=str(data_dir))
+    settings = settings.with_(db_url=db_url, data_dir=str(data_dir),
+                              pools_path=settings.pools_path or str(paths["pools"]))
     worker = start_worker(settings, out_dir / "worker.log")
     print(f"worker started (pid {worker.pid}, log {out_dir / 'worker.log'})", flush=True)
     try:

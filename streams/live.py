@@ -29,6 +29,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """Environment that makes a child process use exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FUNDWATCH_")}
     for name in ("bootstrap_servers", "db_url", "topic_prefix", "partitions", "app_id",
+                 "pools_path",
                  "data_dir", "session_timeout_s", "rebalance_timeout_s",
                  "heartbeat_interval_s", "security_protocol", "sasl_mechanism",
                  "sasl_username", "sasl_password", "ssl_cafile", "ssl_certfile",

@@ -29,6 +29,7 @@ class OfflinePipeline:
     alerts: dict[str, dict] = field(default_factory=dict)  # alert_id → latest revision
     emitted: list[dict] = field(default_factory=list)  # every revision, in order
     deadletters: list[dict] = field(default_factory=list)
+    _position: int = 0  # the offline stream's own offsets, as a partition's are live
 
     def feed(self, raw: bytes, *, source: str | None = None, topic: str | None = None,
              partition: int | None = None, offset: int | None = None) -> str:
@@ -51,8 +52,11 @@ class OfflinePipeline:
         # detection core sees identical objects in both drivers.
         canonical = to_canonical(event)
         event = from_canonical(canonical)
+        self._position += 1
         for kind, key in self.core.routes(event):
-            detection = self.core.process(kind, key, event, self.state)
+            detection = self.core.process(kind, key, event, self.state,
+                                          position=("offline", self._position))
+            self.core.commit(self.state, detection)
             for alert in detection.alerts:
                 self.emitted.append(alert)
                 self.alerts[alert["alert_id"]] = alert

@@ -5,6 +5,7 @@ import orjson
 import pytest
 
 from rules.builtin.unfiled_cross_region import UnfiledCrossRegion
+from rules.alerts import make_alert, month_window
 from rules.core import DetectionCore, Rule, RuleConfigError, load_rules
 from streams.offline import OfflinePipeline
 from tests.factories import contribution, settlement
@@ -71,3 +72,58 @@ def test_threshold_escalation_keeps_one_alert_id():
     severities = [a["severity"] for a in pipeline.emitted]
     assert severities == ["warning", "warning", "critical", "critical"]
     assert len({a["alert_id"] for a in pipeline.emitted}) == 1
+
+
+class FundSum(Rule):
+    """Sums fund_paid per institution: not idempotent by itself, like a balance."""
+
+    rule_id = "fund_sum_probe"
+    description = "sums fund_paid per institution (a test probe)"
+    subject_kind = "institution"
+    key_kind = "institution"
+
+    def apply(self, state, event):
+        total = (state or 0) + event.fund_paid_fen
+        alerts = [] if total < 300000 else [make_alert(
+            self.rule_id, "info", "institution", event.institution_id, regions=["440100"],
+            window=month_window("2025-03"), detected_at="2025-03-31T00:00:00+08:00",
+            summary="over", evidence={"total": total})]
+        return total, alerts
+
+
+def test_each_position_is_applied_once():
+    from streams.records import parse
+
+    core, state = DetectionCore([FundSum()]), {}
+    event = parse(unfiled(1))
+    for position in [(0, 5), (0, 5), (0, 3)]:      # a redelivery, then an older offset
+        core.commit(state, core.process("institution", "H440100001", event, state, position))
+    assert state["fund_sum_probe|H440100001"]["v"] == event.fund_paid_fen
+    core.commit(state, core.process("institution", "H440100001", event, state, (1, 2)))
+    assert state["fund_sum_probe|H440100001"]["v"] == 2 * event.fund_paid_fen
+    assert state["fund_sum_probe|H440100001"]["at"] == {"0": 5, "1": 2}
+
+
+def test_state_is_saved_only_when_the_driver_commits():
+    """A worker that dies after computing but before its alerts were acknowledged has
+    not committed; the redelivered event must produce the alert again."""
+    from streams.records import parse
+
+    core, state = DetectionCore([FundSum()]), {}
+    big = parse(orjson.dumps({**orjson.loads(unfiled(1)), "total_cost": "5000.00",
+                              "fund_paid": "4000.00", "personal_paid": "1000.00",
+                              "items": [{"category": "drug", "amount": "5000.00"}]}))
+    first = core.process("institution", "H440100001", big, state, (0, 7))
+    assert first.alerts and state == {}                # computed, not saved
+    again = core.process("institution", "H440100001", big, state, (0, 7))
+    assert again.alerts == first.alerts
+    core.commit(state, again)
+    assert core.process("institution", "H440100001", big, state, (0, 7)).alerts == []
+
+
+def test_per_province_overrides():
+    rule = UnfiledCrossRegion(min_settlements=5, provinces={"45": {"min_settlements": 9}})
+    assert rule.param("min_settlements", "44") == 5
+    assert rule.param("min_settlements", "45") == 9
+    with pytest.raises(RuleConfigError, match=r"provinces\.45"):
+        UnfiledCrossRegion(provinces={"45": {"min_settlement": 9}})

@@ -91,16 +91,21 @@ class UnfiledCrossRegion(Rule):
     def _alerts(self, institution_id: str, month: str, entry: dict | None,
                 restate: bool = False):
         count = len(entry["ids"]) if entry else 0
-        if count == 0 or count < self.p["min_settlements"] and not (
-                restate and count + len(entry["reversed"]) >= self.p["min_settlements"]):
+        if count == 0:
             return []
-        if count >= self.p["critical_settlements"]:
+        rows = entry["ids"].values()
+        # Thresholds are the institution's province's (the treatment side).
+        province = next(iter(rows))[2][:2]
+        minimum = self.param("min_settlements", province)
+        critical = self.param("critical_settlements", province)
+        if count < minimum and not (restate and count + len(entry["reversed"]) >= minimum):
+            return []
+        if count >= critical:
             severity = "critical"
-        elif count >= self.p["min_settlements"]:
+        elif count >= minimum:
             severity = "warning"
         else:
             severity = "info"
-        rows = entry["ids"].values()
         fund_fen = sum(r[0] for r in rows)
         insured = Counter(r[1] for r in rows)
         treatment_region = Counter(r[2] for r in rows).most_common(1)[0][0]
@@ -117,8 +122,8 @@ class UnfiledCrossRegion(Rule):
                 "settlement_count": count,
                 "fund_paid": fen_to_yuan_str(fund_fen),
                 "insured_regions": dict(sorted(insured.items())),
-                "min_settlements": self.p["min_settlements"],
-                "critical_settlements": self.p["critical_settlements"],
+                "min_settlements": minimum,
+                "critical_settlements": critical,
             },
             settlement_ids=entry["ids"].keys(),
         )]
