@@ -155,14 +155,15 @@ async def wait_for_changelog(settings, table: str, at_least: int, timeout_s: flo
 
 
 def test_killed_worker_restarts_and_still_knows_duplicates(live_settings):
-    stays = [unfiled_stay(i) for i in range(1, 4)]
+    stays = [unfiled_stay(i) for i in range(1, 5)]
     log = live_settings_log(live_settings)
     worker = start_worker(live_settings, log)
     try:
-        o = asyncio.run(run_through_worker(live_settings, worker, [dumps(s) for s in stays], 3))
-        assert o.count("accepted") == 3
-        asyncio.run(wait_for_changelog(live_settings, "ledger", 3))
-        asyncio.run(wait_for_changelog(live_settings, "admit-counts", 3))
+        o = asyncio.run(run_through_worker(live_settings, worker, [dumps(s) for s in stays], 4))
+        assert o.count("accepted") == 4 and not o.alerts     # 4 unfiled stays: below 5
+        asyncio.run(wait_for_changelog(live_settings, "ledger", 4))
+        asyncio.run(wait_for_changelog(live_settings, "admit-counts", 4))
+        asyncio.run(wait_for_changelog(live_settings, "rule-state", 4))
     finally:
         stop_worker(worker, hard=True)                          # SIGKILL: no clean shutdown
 
@@ -171,9 +172,13 @@ def test_killed_worker_restarts_and_still_knows_duplicates(live_settings):
         again = [dumps(stays[0]),                                # replayed: a duplicate
                  dumps({**stays[1], "diagnoses": ["I21.9"]}),   # same id, new content
                  dumps(unfiled_stay(9))]                          # new: accepted
-        o = asyncio.run(run_through_worker(live_settings, worker, again, 3 + len(again)))
+        o = asyncio.run(run_through_worker(live_settings, worker, again, 4 + len(again)))
     finally:
         stop_worker(worker)
-    assert o.count("accepted") == 4
+    assert o.count("accepted") == 5
     assert o.count("duplicate") == 1
     assert [r["code"] for d in o.deadletters for r in d["reasons"]] == ["conflicting_duplicate"]
+    # The rule state came back too: the fifth unfiled stay raises the alert, counting
+    # each stay once although the restarted worker re-read what it had not committed.
+    (alert,) = o.alerts.values()
+    assert alert["evidence"]["settlement_count"] == 5
