@@ -101,7 +101,7 @@ async def _stream(settings: Settings, sim, worker, timeout_s: float, started: fl
 def _summary(sim, o, store: AlertStore, total: int, done: bool, elapsed: float) -> int:
     reasons = o.reasons()
     by_rule = o.alerts_by_rule()
-    truth_rules = Counter(t["anomaly"] for t in sim.truth)
+    truth_rules = Counter(t["anomaly"] for t in sim.truth if t.get("injected", True))
     print()
     print("── summary " + "─" * 60)
     print(f"events in            {total:>9,}")
@@ -118,6 +118,11 @@ def _summary(sim, o, store: AlertStore, total: int, done: bool, elapsed: float) 
     for rule, n in sorted(by_rule.items()):
         injected = truth_rules.get(rule, 0)
         print(f"      {rule:28} {n:>6,}   (injected in the simulation: {injected})")
+    uncovered = {a: n for a, n in truth_rules.items() if a not in by_rule
+                 and a not in ("malformed", "duplicate", "conflicting_duplicate")}
+    if uncovered:
+        print("  injected, not alerted: " + ", ".join(f"{a} ({n})" for a, n in
+                                                  sorted(uncovered.items())))
     print(f"alert store          {store.url}  ({store.count():,} alerts)")
     print(f"elapsed              {elapsed:>9.1f} s")
     ok = done and unaccounted == 0 and store.count() == len(o.alerts)
