@@ -15,7 +15,7 @@ at-least-once.
 >>> from rules.core import DetectionCore, load_rules
 >>> core = DetectionCore(load_rules())
 >>> sorted(core.key_kinds())
-['institution']
+['institution', 'pool']
 """
 from __future__ import annotations
 
@@ -111,6 +111,11 @@ class Rule:
     def key(self, event: Any) -> str | None:
         return KEYS[self.key_kind](event)
 
+    def wants(self, event: Any) -> bool:
+        """Whether ``apply`` needs to see this event at all. Overriding it keeps
+        events a rule would ignore off the detect topic (one fewer send each)."""
+        return True
+
     def apply(self, state: State | None, event: Any) -> tuple[State | None, list[Alert]]:
         raise NotImplementedError
 
@@ -135,9 +140,9 @@ class DetectionCore:
     def routes(self, event: Any) -> list[tuple[str, str]]:
         """The (key kind, key) pairs this event must be delivered under."""
         out = []
-        for kind in self._by_kind:
+        for kind, rules in self._by_kind.items():
             key = KEYS[kind](event)
-            if key is not None:
+            if key is not None and any(rule.wants(event) for rule in rules):
                 out.append((kind, key))
         return out
 
@@ -160,6 +165,8 @@ class DetectionCore:
         detection = Detection([], [], {})
         part, offset = (str(position[0]), position[1]) if position else (None, None)
         for rule in self._by_kind.get(kind, ()):
+            if not rule.wants(event):
+                continue
             slot = f"{rule.rule_id}|{key}"
             stored = state.get(slot)
             applied = stored["at"] if stored else {}

@@ -52,6 +52,9 @@ class UnfiledCrossRegion(Rule):
                                       minimum=1),
     }
 
+    def wants(self, event):
+        return getattr(event, "visit_type", None) == "inpatient"
+
     def apply(self, state, event):
         if getattr(event, "visit_type", None) != "inpatient":
             return state, []
