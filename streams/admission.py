@@ -71,6 +71,10 @@ class Admission:
     #: The same broker position was decided before (a redelivery after a crash):
     #: the decision is repeated, but the record must not be counted again.
     redelivery: bool = False
+    #: For an accepted record: the stream position of its first acceptance (as given
+    #: to :func:`admit`). Downstream stages apply each position once, so a redelivered
+    #: record must travel under its first position, not a new one.
+    position: tuple | None = None
 
     @property
     def accepted(self) -> bool:
@@ -98,7 +102,7 @@ def ledger_key(event: Settlement | Contribution) -> str:
 
 
 def admit(event: Settlement | Contribution, ledger: MutableMapping[str, Any],
-          source: str | None = None) -> Admission:
+          source: str | None = None, position: tuple | None = None) -> Admission:
     """Decide whether ``event`` enters the pipeline, recording it in ``ledger`` if so.
 
     ``source`` identifies where this copy came from, e.g. ``"topic:partition:offset"``;
@@ -151,15 +155,20 @@ def admit(event: Settlement | Contribution, ledger: MutableMapping[str, Any],
                 "(reverses) plus a new settlement with a new id, not under the same id",
             ),)))
         if source is not None and seen.get("s") == source:
-            return _REDELIVERED
+            first = seen.get("ap")
+            return Admission("accepted", redelivery=True,
+                             position=tuple(first) if first is not None else position)
         return _decided(ledger, source, _DUPLICATE)
 
     entry: dict[str, Any] = {"d": content}
     if source is not None:
         entry["s"] = source
+    if position is not None:
+        entry["ap"] = list(position)
+    accepted = Admission("accepted", position=position) if position is not None else _ACCEPTED
     if isinstance(event, Contribution):
         ledger[key] = entry
-        return _ACCEPTED
+        return accepted
 
     entry["t"] = event.total_cost_fen
     entry["f"] = event.fund_paid_fen
@@ -178,7 +187,7 @@ def admit(event: Settlement | Contribution, ledger: MutableMapping[str, Any],
         # whereas the other order could let a second reversal through.
         ledger[original_key] = {**ledger[original_key], "rb": event.settlement_id}
     ledger[key] = entry
-    return _ACCEPTED
+    return accepted
 
 
 #: Ledger keys of broker positions whose record was not accepted (a duplicate or a

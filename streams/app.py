@@ -147,7 +147,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                         "key": wrapped["key"].encode() if wrapped["key"] else None}
             try:
                 event = parse(raw)
-                verdict = admit(event, ledger, wrapped["src"])
+                verdict = admit(event, ledger, wrapped["src"],
+                                position=(partition, item.message.offset))
             except Exception as exc:  # noqa: BLE001 - a record must never stop the worker
                 log.exception("admission failed on %s", wrapped["src"])
                 admit_counts[f"{partition}/rejected"] += 1
@@ -170,8 +171,9 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                 await detect_topic.send(key=f"{kind}:{key}".encode(), value=orjson.dumps(
                     {"kind": kind, "key": key, "event": canonical, "src": wrapped["src"],
                      "ts": wrapped.get("ts"),
-                     # Where this copy was decided: rules apply each position once.
-                     "pos": [partition, item.message.offset]}))
+                     # Where the record was first accepted (a redelivered record keeps
+                     # its first position): rules apply each position once.
+                     "pos": list(verdict.position)}))
             if not routes:
                 latency.record_since(wrapped.get("ts"), time.time())
 

@@ -38,7 +38,8 @@ class OfflinePipeline:
             event = parse(raw)
         except Rejected as exc:
             return self._reject(raw, exc.reasons, "validate", topic, partition, offset)
-        verdict = admit(event, self.ledger, source)
+        self._position += 1
+        verdict = admit(event, self.ledger, source, position=("offline", self._position))
         if verdict.redelivery and verdict.outcome != "accepted":
             self.counts["redelivered"] += 1
             return verdict.outcome
@@ -52,10 +53,9 @@ class OfflinePipeline:
         # detection core sees identical objects in both drivers.
         canonical = to_canonical(event)
         event = from_canonical(canonical)
-        self._position += 1
         for kind, key in self.core.routes(event):
             detection = self.core.process(kind, key, event, self.state,
-                                          position=("offline", self._position))
+                                          position=verdict.position)
             self.core.commit(self.state, detection)
             for alert in detection.alerts:
                 self.emitted.append(alert)

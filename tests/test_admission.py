@@ -287,3 +287,17 @@ def test_redelivered_duplicate_and_rejection_are_decided_once():
 
     # A new copy from a new position is still a new duplicate.
     assert not admit(parse(dumps(original)), ledger, source="t/0/9").redelivery
+
+
+def test_a_redelivered_record_keeps_its_first_position():
+    """Downstream stages apply each position once; a record re-read after a crash
+    travels again, so it must carry the position of its first acceptance."""
+    from streams.admission import admit
+    from streams.records import parse
+
+    ledger: dict = {}
+    record = parse(dumps(settlement(settlement_id="POS-1")))
+    first = admit(record, ledger, source="in/0/7", position=(2, 40))
+    assert first.position == (2, 40) and not first.redelivery
+    again = admit(record, ledger, source="in/0/7", position=(2, 95))   # new admit offset
+    assert again.redelivery and again.position == (2, 40)

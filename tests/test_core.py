@@ -129,3 +129,19 @@ def test_per_province_overrides():
     assert rule.param("min_settlements", "45") == 9
     with pytest.raises(RuleConfigError, match=r"provinces\.45"):
         UnfiledCrossRegion(provinces={"45": {"min_settlement": 9}})
+
+
+def test_a_record_read_twice_from_its_source_is_applied_once():
+    """A worker killed before committing its input offsets re-reads records it had
+    already passed on; admission recognises the same source position and sends the
+    record on under its first position, so even a summing rule counts it once."""
+    pipeline = OfflinePipeline(DetectionCore([FundSum()]))
+    record = unfiled(1)
+    assert pipeline.feed(record, source="fundwatch.settlements/0/7") == "accepted"
+    assert pipeline.feed(unfiled(2), source="fundwatch.settlements/0/8") == "accepted"
+    assert pipeline.feed(record, source="fundwatch.settlements/0/7") == "accepted"
+    assert pipeline.counts["redelivered"] == 1
+    from streams.records import parse
+
+    expected = parse(record).fund_paid_fen + parse(unfiled(2)).fund_paid_fen
+    assert pipeline.state["fund_sum_probe|H440100001"]["v"] == expected
