@@ -1,11 +1,11 @@
 """The live pipeline, top to bottom: settlements in, alerts out.
 
     fundwatch.settlements ┐
-    fundwatch.contributions┴─► ingest ──(valid; keyed by record id)───────► internal.admit
+    fundwatch.contributions┴─► ingest ──(valid; batched by record id's partition)─► internal.admit
                                  │ invalid ─► fundwatch.deadletter
-    internal.admit ─► admit [ledger table] ──(accepted; one copy per rule key)──► internal.detect
-      (keyed by the id a record must be compared with: its own, or for a reversal
-       the original's, so duplicates, conflicts and reversals meet in one partition)
+    internal.admit ─► admit [ledger table] ──(accepted; one copy per rule key, batched)─► internal.detect
+      (partitioned by the id a record must be compared with: its own, or for a
+       reversal the original's, so duplicates, conflicts and reversals meet)
                                  │ conflicting / bad reversal ─► fundwatch.deadletter
                                  │ duplicate ─► counted, nothing else
     internal.detect ─► detect [rule state table] ──► fundwatch.alerts ─► alert sink ─► store
@@ -13,8 +13,10 @@
 Every stage calls the detection core's plain functions (``streams.records``,
 ``streams.admission``, ``rules.core``); this module only moves records between them
 and keeps their state in changelog-backed Faust tables, so a restarted worker
-recovers its ledger and rule state. Delivery is at-least-once; duplicates and
-redeliveries are harmless because admission, rules and the store are idempotent.
+recovers its ledger and rule state. The internal hops carry batches, one message
+per destination partition, because Faust's cost is per message. Delivery is
+at-least-once; duplicates and redeliveries are harmless because admission, rules
+and the store are idempotent.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import time
 
 import faust
 import orjson
+from aiokafka.partitioner import murmur2
 
 from infra.broker import kafka_client_options
 from infra.config import Settings
@@ -83,6 +86,9 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         broker_session_timeout=settings.session_timeout_s,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
+        # With batched hops, a short linger lets the batches of several partitions
+        # share one produce request (measured: ~1.3× on top of batching).
+        producer_linger=0.01,
     )
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
     P = settings.partitions
@@ -109,55 +115,92 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                                    offset=message["offset"], key=message["key"])
         await deadletter_topic.send(key=message["key"], value=orjson.dumps(record))
 
+    async def send_batches(topic, groups: dict[int, list]) -> None:
+        """One message per partition and batch (split below Kafka's 1 MiB default
+        message size). Faust's cost is per message, not per byte: measured, batching
+        the two internal hops made the whole path 2–3× faster for the same output."""
+        for partition, items in groups.items():
+            chunk: list[bytes] = []
+            size = 0
+            for item in items:
+                encoded = orjson.dumps(item)
+                if chunk and size + len(encoded) > MAX_BATCH_BYTES:
+                    await topic.send(key=None, partition=partition,
+                                     value=b"[" + b",".join(chunk) + b"]")
+                    chunk, size = [], 0
+                chunk.append(encoded)
+                size += len(encoded) + 1
+            if chunk:
+                await topic.send(key=None, partition=partition,
+                                 value=b"[" + b",".join(chunk) + b"]")
+
     @app.agent(sources)
     async def ingest(stream):
-        """Validate each record; valid ones go on keyed by whom their state is about."""
-        async for item in stream.events():
-            msg = item.message
-            source = {"raw": msg.value, "topic": msg.topic, "partition": msg.partition,
-                      "offset": msg.offset, "key": msg.key}
+        """Validate each record; valid ones go on, batched per admission partition
+        (the partition their key — their own id, or a reversal's original — hashes to)."""
+        async for events in stream.take_events(BATCH_RECORDS, within=BATCH_WAIT_S):
             try:
-                event = parse(msg.value)
-            except Rejected as exc:
-                validate_rejected["count"] += 1
-                await dead_letter(source, exc.reasons, "validate")
-                latency.record_since(msg.timestamp, time.time())
-                continue
-            except Exception as exc:  # noqa: BLE001 - a record must never stop the worker
-                log.exception("ingest failed on %s/%s/%s", msg.topic, msg.partition, msg.offset)
-                validate_rejected["count"] += 1
-                await dead_letter(source, [internal_error(exc)], "validate")
-                continue
-            await admit_topic.send(key=admission_key(event).encode(), value=orjson.dumps({
-                "src": f"{msg.topic}/{msg.partition}/{msg.offset}",
-                "ts": msg.timestamp,  # producer's CreateTime (Faust: seconds), for latency
-                "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
-                "key": msg.key.decode("utf-8", "backslashreplace") if msg.key else None,
-                "raw": msg.value.decode("utf-8"),  # parse() accepted it, so it is UTF-8
-            }))
+                groups: dict[int, list] = {}
+                for item in events:
+                    msg = item.message
+                    source = {"raw": msg.value, "topic": msg.topic,
+                              "partition": msg.partition, "offset": msg.offset, "key": msg.key}
+                    try:
+                        event = parse(msg.value)
+                    except Rejected as exc:
+                        validate_rejected["count"] += 1
+                        await dead_letter(source, exc.reasons, "validate")
+                        latency.record_since(msg.timestamp, time.time())
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - a record never stops the worker
+                        log.exception("ingest failed on %s/%s/%s", msg.topic, msg.partition,
+                                      msg.offset)
+                        validate_rejected["count"] += 1
+                        await dead_letter(source, [internal_error(exc)], "validate")
+                        continue
+                    key = admission_key(event).encode()
+                    groups.setdefault(partition_of(key, P), []).append({
+                        "src": f"{msg.topic}/{msg.partition}/{msg.offset}",
+                        "ts": msg.timestamp,  # producer's CreateTime (Faust: seconds)
+                        "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+                        "key": msg.key.decode("utf-8", "backslashreplace") if msg.key else None,
+                        "raw": msg.value.decode("utf-8"),  # parse() accepted it: UTF-8
+                    })
+                await send_batches(admit_topic, groups)
+            except Exception as exc:  # noqa: BLE001
+                stop_hard("ingest", exc)
 
     @app.agent(admit_topic)
     async def admission(stream):
         """Duplicates, conflicting duplicates and reversals, against the ledger."""
         async for item in stream.events():
-            partition = item.message.partition
-            wrapped = orjson.loads(item.message.value)
+            try:
+                await admit_batch(item.message.partition, item.message.offset,
+                                  orjson.loads(item.message.value))
+            except Exception as exc:  # noqa: BLE001
+                stop_hard("admission", exc)
+
+    async def admit_batch(partition: int, offset: int, batch) -> None:
+        tally: dict[str, int] = {}
+        groups: dict[int, list] = {}
+        for index, wrapped in enumerate(batch):
             raw = wrapped["raw"].encode("utf-8")
             original = {**wrapped, "raw": raw,
                         "key": wrapped["key"].encode() if wrapped["key"] else None}
+            # This record's place in the admission partition: rules apply each once.
+            position = (partition, offset * BATCH_POSITIONS + index)
             try:
                 event = parse(raw)
-                verdict = admit(event, ledger, wrapped["src"],
-                                position=(partition, item.message.offset))
-            except Exception as exc:  # noqa: BLE001 - a record must never stop the worker
+                verdict = admit(event, ledger, wrapped["src"], position=position)
+            except Exception as exc:  # noqa: BLE001 - a record never stops the worker
                 log.exception("admission failed on %s", wrapped["src"])
-                admit_counts[f"{partition}/rejected"] += 1
+                tally["rejected"] = tally.get("rejected", 0) + 1
                 await dead_letter(original, [internal_error(exc)], "admit")
                 continue
             # A redelivery (same broker position, decided before a crash) repeats its
             # decision but is counted apart, so every input counts exactly once.
-            admit_counts[f"{partition}/"
-                         f"{'redelivered' if verdict.redelivery else verdict.outcome}"] += 1
+            outcome = "redelivered" if verdict.redelivery else verdict.outcome
+            tally[outcome] = tally.get(outcome, 0) + 1
             if verdict.outcome == "rejected":
                 await dead_letter(original, verdict.reasons, "admit")
                 latency.record_since(wrapped.get("ts"), time.time())
@@ -168,39 +211,46 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             canonical = to_canonical(event)
             routes = core.routes(event)
             for kind, key in routes:
-                await detect_topic.send(key=f"{kind}:{key}".encode(), value=orjson.dumps(
+                groups.setdefault(partition_of(f"{kind}:{key}".encode(), P), []).append(
                     {"kind": kind, "key": key, "event": canonical, "src": wrapped["src"],
                      "ts": wrapped.get("ts"),
-                     # Where the record was first accepted (a redelivered record keeps
-                     # its first position): rules apply each position once.
-                     "pos": list(verdict.position)}))
+                     # A redelivered record keeps the position of its first acceptance.
+                     "pos": list(verdict.position)})
             if not routes:
                 latency.record_since(wrapped.get("ts"), time.time())
+        for outcome, n in tally.items():  # one counter write per outcome and batch
+            admit_counts[f"{partition}/{outcome}"] += n
+        await send_batches(detect_topic, groups)
 
     @app.agent(detect_topic)
     async def detect(stream):
-        """Every rule keyed by this record's key, with its state from the table."""
+        """Every rule keyed by each record's key, with its state from the table."""
         async for item in stream.events():
-            routed = orjson.loads(item.message.value)
-            event = from_canonical(routed["event"])
-            detection = core.process(routed["kind"], routed["key"], event, rule_state,
-                                     position=tuple(routed["pos"]))
-            # Alerts first, acknowledged, then the state: see DetectionCore.commit.
-            acks = [await alerts_topic.send(key=alert["alert_id"].encode(),
-                                            value=orjson.dumps(alert))
-                    for alert in detection.alerts]
-            for ack in acks:
-                await ack
-            core.commit(rule_state, detection)
-            latency.record_since(routed.get("ts"), time.time())
-            if detection.failures:
-                topic, partition, offset = routed["src"].rsplit("/", 2)
-                await dead_letter(
-                    {"raw": orjson.dumps(routed["event"]), "topic": topic,
-                     "partition": int(partition),
-                     "offset": int(offset), "key": None},
-                    [Reason("rule_failed", message) for _, message in detection.failures],
-                    "detect")
+            try:
+                for routed in orjson.loads(item.message.value):
+                    await detect_one(routed)
+            except Exception as exc:  # noqa: BLE001
+                stop_hard("detect", exc)
+
+    async def detect_one(routed) -> None:
+        event = from_canonical(routed["event"])
+        detection = core.process(routed["kind"], routed["key"], event, rule_state,
+                                 position=tuple(routed["pos"]))
+        # Alerts first, acknowledged, then the state: see DetectionCore.commit.
+        acks = [await alerts_topic.send(key=alert["alert_id"].encode(),
+                                        value=orjson.dumps(alert))
+                for alert in detection.alerts]
+        for ack in acks:
+            await ack
+        core.commit(rule_state, detection)
+        latency.record_since(routed.get("ts"), time.time())
+        if detection.failures:
+            topic, partition, offset = routed["src"].rsplit("/", 2)
+            await dead_letter(
+                {"raw": orjson.dumps(routed["event"]), "topic": topic,
+                 "partition": int(partition), "offset": int(offset), "key": None},
+                [Reason("rule_failed", message) for _, message in detection.failures],
+                "detect")
 
     if store is not None or settings.alert_store_url():
         alert_store = store or AlertStore(settings.alert_store_url())
@@ -234,6 +284,31 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
 
     app.fundwatch_core = core  # for tests and the demo's summary
     return app
+
+
+# Internal hops carry batches: up to BATCH_RECORDS records gathered for at most
+# BATCH_WAIT_S, one message per destination partition.
+BATCH_RECORDS = 500
+BATCH_WAIT_S = 0.05
+BATCH_POSITIONS = 1000  # > BATCH_RECORDS: (offset, index) packed into one number
+MAX_BATCH_BYTES = 256 * 1024
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as aiokafka's) gives a key:
+    a batch is sent to the partition its records' keys hash to, so the table writes
+    made while handling it land in the changelog partition they always did."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def stop_hard(stage: str, exc: Exception) -> None:
+    """A failure that is not one record's fault (a send that failed, a bug): stop the
+    process at once, before Faust could commit offsets of a batch not passed on, so
+    the restarted worker re-reads it (at-least-once). Supervisors restart workers."""
+    log.critical("%s stage failed (%s: %s); stopping the worker so that nothing is "
+                 "committed unprocessed", stage, type(exc).__name__, exc, exc_info=exc)
+    logging.shutdown()
+    os._exit(70)
 
 
 def load_registry(settings: Settings) -> Registry | None:
