@@ -60,6 +60,9 @@ async def raw_consumer_rate(settings: Settings, total: int) -> float:
 
 
 async def _until_accounted(watcher: Watcher, worker, total: int, timeout_s: float):
+    """Wait until every record is through admission *and* the detect stage has
+    handled every copy sent to it; return (first seen, last done) times. The worker
+    publishes its counts once a second, so each end is known to about a second."""
     first = [None]
 
     def tick(o):
@@ -68,7 +71,8 @@ async def _until_accounted(watcher: Watcher, worker, total: int, timeout_s: floa
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited with code {worker.returncode}")
 
-    if not await watcher.until(lambda o: o.accounted >= total, timeout_s, tick=tick):
+    if not await watcher.until(lambda o: o.accounted >= total and o.detect_caught_up,
+                               timeout_s, tick=tick):
         raise RuntimeError(f"worker accounted for {watcher.observed.accounted}/{total}")
     return first[0], time.perf_counter()
 

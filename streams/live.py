@@ -123,6 +123,7 @@ class Observed:
     _deadletter_positions: set = field(default_factory=set, repr=False)
     admit_counts: dict[str, int] = field(default_factory=dict)
     latency: dict[str, dict] = field(default_factory=dict)  # worker → latest summary
+    flow: dict[str, dict] = field(default_factory=dict)  # worker → routed/detected counts
 
     def count(self, outcome: str) -> int:
         return sum(v for k, v in self.admit_counts.items() if k.endswith("/" + outcome))
@@ -137,6 +138,12 @@ class Observed:
     def accounted(self) -> int:
         """Input records whose fate is known: processed, duplicate or dead-lettered."""
         return self.count("accepted") + self.count("duplicate") + len(self.rejected)
+
+    @property
+    def detect_caught_up(self) -> bool:
+        """Every copy admission sent to the detect stage has been handled there
+        (from the workers' own counts since they started)."""
+        return bool(self.flow) and all(f["routed"] == f["detected"] for f in self.flow.values())
 
     def reasons(self) -> Counter:
         return Counter(r["code"] for d in self.rejected for r in d["reasons"])
@@ -199,6 +206,8 @@ class Watcher:
                         o.admit_counts[key] = max(o.admit_counts.get(key, 0), n)
                     if value.get("latency"):
                         o.latency[value["worker"]] = value["latency"]
+                    if value.get("flow"):
+                        o.flow[value["worker"]] = value["flow"]
 
     async def until(self, predicate, timeout_s: float, tick=None) -> bool:
         deadline = time.monotonic() + timeout_s
