@@ -71,8 +71,7 @@ async def _until_accounted(watcher: Watcher, worker, total: int, timeout_s: floa
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited with code {worker.returncode}")
 
-    if not await watcher.until(lambda o: o.accounted >= total and o.detect_caught_up,
-                               timeout_s, tick=tick):
+    if not await watcher.until(lambda o: o.settled(total), timeout_s, tick=tick):
         raise RuntimeError(f"worker accounted for {watcher.observed.accounted}/{total}")
     return first[0], time.perf_counter()
 

@@ -49,7 +49,8 @@ def _worker(args, settings: Settings) -> int:
 def _demo(args, settings: Settings) -> int:
     from streams.demo import run_demo
 
-    return run_demo(settings, days=args.days, seed=args.seed, timeout_s=args.timeout,
+    return run_demo(settings, days=args.days, seed=args.seed, scale=args.scale,
+                    timeout_s=args.timeout,
                     out_dir=Path(args.out_dir))
 
 
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="the main job on embedded defaults")
     p.add_argument("--days", type=int, default=10, help="simulated days (default 10)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="volume relative to the simulator's default province")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--timeout", type=float, default=180.0,
                    help="give up waiting for the pipeline after this many seconds")

@@ -29,12 +29,13 @@ def _print_alert(alert: dict, previous: dict | None) -> None:
           flush=True)
 
 
-def run_demo(settings: Settings, days: int, seed: int, timeout_s: float, out_dir: Path) -> int:
+def run_demo(settings: Settings, days: int, seed: int, timeout_s: float, out_dir: Path,
+             scale: float = 1.0) -> int:
     from streams.simulate import simulate, write
 
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    sim = simulate(days=days, seed=seed)
+    sim = simulate(days=days, seed=seed, scale=scale)
     paths = write(sim, out_dir / "province.jsonl")
     print(f"simulated {days} days of a province: {len(sim.events):,} records "
           f"({paths['events']}; pool registry {paths['pools']})", flush=True)
@@ -85,7 +86,9 @@ async def _stream(settings: Settings, sim, worker, timeout_s: float, started: fl
             raise RuntimeError(f"the worker exited with code {worker.returncode}; "
                                "see worker.log")
 
-    done = await watcher.until(lambda o: producing.done() and o.accounted >= total,
+    # Done when every record is accounted for *and* the detect stage has caught up:
+    # stages run at different speeds, and alerts come from the last one.
+    done = await watcher.until(lambda o: producing.done() and o.settled(total),
                                timeout_s, tick=progress)
     await producing
     # Let the alert sink catch up with the alerts topic before reading the store.

@@ -123,7 +123,7 @@ class Observed:
     _deadletter_positions: set = field(default_factory=set, repr=False)
     admit_counts: dict[str, int] = field(default_factory=dict)
     latency: dict[str, dict] = field(default_factory=dict)  # worker → latest summary
-    flow: dict[str, dict] = field(default_factory=dict)  # worker → routed/detected counts
+    flow: dict[str, tuple] = field(default_factory=dict)  # worker → (counts, seen at)
 
     def count(self, outcome: str) -> int:
         return sum(v for k, v in self.admit_counts.items() if k.endswith("/" + outcome))
@@ -141,9 +141,18 @@ class Observed:
 
     @property
     def detect_caught_up(self) -> bool:
-        """Every copy admission sent to the detect stage has been handled there
-        (from the workers' own counts since they started)."""
-        return bool(self.flow) and all(f["routed"] == f["detected"] for f in self.flow.values())
+        """Every copy admission sent to the detect stage has been handled there, by
+        the workers' own counts since they started. Only workers heard from in the
+        last few seconds count: a stopped worker's last report is history."""
+        now = time.monotonic()
+        live = [f for f, seen in self.flow.values() if now - seen < 3.0]
+        return bool(live) and all(f["routed"] == f["detected"] for f in live)
+
+    def settled(self, total: int) -> bool:
+        """All ``total`` input records accounted for and the last stage caught up
+        (for one worker: with several, detect partitions are shared and one
+        worker's counts do not balance on their own)."""
+        return self.accounted >= total and self.detect_caught_up
 
     def reasons(self) -> Counter:
         return Counter(r["code"] for d in self.rejected for r in d["reasons"])
@@ -207,7 +216,7 @@ class Watcher:
                     if value.get("latency"):
                         o.latency[value["worker"]] = value["latency"]
                     if value.get("flow"):
-                        o.flow[value["worker"]] = value["flow"]
+                        o.flow[value["worker"]] = (value["flow"], time.monotonic())
 
     async def until(self, predicate, timeout_s: float, tick=None) -> bool:
         deadline = time.monotonic() + timeout_s

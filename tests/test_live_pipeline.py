@@ -55,7 +55,7 @@ async def run_through_worker(settings, worker, lines, expect_accounted, timeout_
     watcher = Watcher(settings)
     await watcher.start()
     await produce(settings, lines)
-    ok = await watcher.until(lambda o: o.accounted >= expect_accounted, timeout_s, tick=alive)
+    ok = await watcher.until(lambda o: o.settled(expect_accounted), timeout_s, tick=alive)
     # A little longer, to see that nothing more (a stray duplicate, say) comes out.
     await watcher.until(lambda o: False, 2.0)
     await watcher.stop()

@@ -74,8 +74,7 @@ def test_every_rule_fixture_live_equals_offline(broker, tmp_path):
         watcher = Watcher(settings)
         await watcher.start()
         await produce(settings, events)
-        ok = await watcher.until(lambda o: o.accounted >= len(events)
-                                 and len(o.alerts) >= len(offline.alerts), 120,
+        ok = await watcher.until(lambda o: o.settled(len(events)), 120,
                                  tick=lambda _: worker.poll() is None or pytest.fail(
                                      "worker exited; see worker.log"))
         await watcher.until(lambda o: False, 2.0)
