@@ -132,7 +132,7 @@ def test_rule_fixture(rule_id):
     unmatched = list(actual)
     for expected in fixture["expect"]:
         diffs = [(_subset_diff(expected, a), a) for a in unmatched]
-        best = min(diffs, key=lambda d: len(d[0]), default=([f"no alert at all"], None))
+        best = min(diffs, key=lambda d: len(d[0]), default=(["no alert at all"], None))
         if best[0]:
             problems.append(f"expected alert not produced: {json.dumps(expected, ensure_ascii=False)}\n"
                             + "\n".join("   " + p for p in best[0]))

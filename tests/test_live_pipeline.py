@@ -16,9 +16,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from rules.core import DetectionCore, load_rules
 from sinks.store import AlertStore
-from streams.live import Watcher, produce, start_worker, stop_worker
+from streams.live import start_worker, stop_worker
 from streams.offline import OfflinePipeline
-from tests.factories import contribution, settlement
+from tests.factories import contribution, dumps, reversal_of, settlement
+from tests.live_support import run_through_worker
 
 pytestmark = pytest.mark.broker
 
@@ -32,41 +33,10 @@ def unfiled_stay(i: int, **overrides) -> dict:
         **overrides})
 
 
-def negated(record: dict, new_id: str, **overrides) -> dict:
-    def neg(v):
-        return "-" + str(v) if not str(v).startswith("-") else str(v)[1:]
-
-    out = {**record, "settlement_id": new_id, "reverses": record["settlement_id"],
-           "total_cost": neg(record["total_cost"]), "fund_paid": neg(record["fund_paid"]),
-           "personal_paid": neg(record["personal_paid"]), **overrides}
-    if record.get("items"):
-        out["items"] = [{**it, "amount": neg(it["amount"])} for it in record["items"]]
-    return out
-
-
-def dumps(record: dict) -> bytes:
-    return orjson.dumps(record)
-
-
-async def run_through_worker(settings, worker, lines, expect_accounted, timeout_s=90.0):
-    def alive(_):
-        assert worker.poll() is None, f"worker exited with {worker.returncode}; see its log"
-
-    watcher = Watcher(settings)
-    await watcher.start()
-    await produce(settings, lines)
-    ok = await watcher.until(lambda o: o.settled(expect_accounted), timeout_s, tick=alive)
-    # A little longer, to see that nothing more (a stray duplicate, say) comes out.
-    await watcher.until(lambda o: False, 2.0)
-    await watcher.stop()
-    assert ok, f"only {watcher.observed.accounted}/{expect_accounted} records accounted for"
-    return watcher.observed
-
-
 def test_every_record_ends_where_it_should(live_settings):
     stays = [unfiled_stay(i) for i in range(1, 7)]
     # Adds up on its own, but moves one yuan from the fund's share to the person's.
-    bad_reversal = negated(stays[1], "LIVE-2-R-BAD")
+    bad_reversal = reversal_of(stays[1], settlement_id="LIVE-2-R-BAD")
     bad_reversal["fund_paid"] = str(Decimal(bad_reversal["fund_paid"]) + 1)
     bad_reversal["personal_paid"] = str(Decimal(bad_reversal["personal_paid"]) - 1)
     lines = [dumps(s) for s in stays] + [
@@ -78,7 +48,7 @@ def test_every_record_ends_where_it_should(live_settings):
         b"\xff\xfe\x00garbage",
         dumps({**unfiled_stay(7), "personal_paid": "1.00"}),    # does not add up
         dumps(unfiled_stay(8, admitted_on="2025-03-20", discharged_on="2025-03-18")),
-        dumps(negated(stays[5], "LIVE-6-R")),                   # a valid reversal
+        dumps(reversal_of(stays[5], settlement_id="LIVE-6-R")),                # a valid reversal
         dumps(bad_reversal),
     ]
     worker = start_worker(live_settings, live_settings_log(live_settings))

@@ -20,8 +20,9 @@ import yaml
 from infra.broker import ensure_topics
 from rules.core import DetectionCore, discover, load_rules
 from rules.registry import Registry
-from streams.live import Watcher, produce, start_worker, stop_worker
+from streams.live import start_worker, stop_worker
 from streams.offline import OfflinePipeline
+from tests.live_support import run_through_worker
 
 pytestmark = pytest.mark.broker
 
@@ -70,22 +71,11 @@ def test_every_rule_fixture_live_equals_offline(broker, tmp_path):
 
     worker = start_worker(settings, tmp_path / "worker.log")
 
-    async def run():
-        watcher = Watcher(settings)
-        await watcher.start()
-        await produce(settings, events)
-        ok = await watcher.until(lambda o: o.settled(len(events)), 120,
-                                 tick=lambda _: worker.poll() is None or pytest.fail(
-                                     "worker exited; see worker.log"))
-        await watcher.until(lambda o: False, 2.0)
-        await watcher.stop()
-        return ok, watcher.observed
-
     try:
-        ok, observed = asyncio.run(run())
+        observed = asyncio.run(run_through_worker(settings, worker, events, len(events),
+                                                  timeout_s=120))
     finally:
         stop_worker(worker)
-    assert ok, f"{observed.accounted}/{len(events)} records, {len(observed.alerts)} alerts"
     assert set(observed.alerts) == set(offline.alerts)
     for alert_id, alert in offline.alerts.items():
         assert orjson.dumps(observed.alerts[alert_id], option=orjson.OPT_SORT_KEYS) == \
