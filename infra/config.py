@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
+from streams.watermark import DEFAULT_LATENESS_S
+
 
 class ConfigError(ValueError):
     """A setting is wrong; the message names where it came from and why."""
@@ -55,6 +57,9 @@ class Settings:
     app_id: str = "fundwatch"
     data_dir: str = "fundwatch-data"
     pools_path: str | None = None  # the pool registry (contract pools/v1, YAML)
+    # How far behind the newest event time a record may arrive and still be on time
+    # for the days it belongs to (streams.watermark).
+    allowed_lateness_s: int = DEFAULT_LATENESS_S
     # Faust's defaults (60 s) make a consumer group's first join take 30 s on
     # Tansu; a short rebalance timeout makes a worker ready in a few seconds.
     # On a real cluster with many workers raise these.
@@ -104,7 +109,7 @@ class Settings:
         return cls(**values)
 
 
-_INTS = {"partitions", "replication_factor"}
+_INTS = {"partitions", "replication_factor", "allowed_lateness_s"}
 _FLOATS = {"session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s"}
 
 

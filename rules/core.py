@@ -12,6 +12,13 @@ partitioned by (``key_kind``), its parameters, and ``apply(state, event) ->
 ``apply`` must be idempotent for a re-delivered event, because the live path is
 at-least-once.
 
+A rule that judges whole periods (a day's window, a month) also defines
+``close(state, midnight) -> (state, alerts)``, an event-time timer: the drivers
+call it when the stream's watermark (``streams.watermark``) has passed
+``midnight``, i.e. every day before it is complete. ``apply`` then only adds
+events up; ``close`` judges, so the verdict does not depend on the order in which
+records of different partitions happened to arrive.
+
 >>> from rules.core import DetectionCore, load_rules
 >>> core = DetectionCore(load_rules())
 >>> sorted(core.key_kinds())
@@ -24,6 +31,7 @@ import importlib.metadata
 import inspect
 import pkgutil
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, MutableMapping
 
 if TYPE_CHECKING:
@@ -119,6 +127,21 @@ class Rule:
     def apply(self, state: State | None, event: Any) -> tuple[State | None, list[Alert]]:
         raise NotImplementedError
 
+    def close(self, state: State | None, midnight: datetime) -> tuple[State | None,
+                                                                      list[Alert]]:
+        """Optional event-time timer: every day before ``midnight`` (Asia/Shanghai) is
+        complete. Judge each period that has ended by then and was not judged yet,
+        oldest first, and remember in the state that it was: a second call with the
+        same or an earlier midnight must change nothing. Only data of days before
+        ``midnight`` may decide a verdict (a live worker may already hold later
+        days' records when it is called). Rules without periods leave it alone."""
+        return state, []
+
+    @classmethod
+    def closes(cls) -> bool:
+        """Whether the rule has a ``close`` timer."""
+        return cls.close is not Rule.close
+
 
 class DetectionCore:
     """Routes each event to the rules keyed by each of its keys and runs them.
@@ -133,9 +156,44 @@ class DetectionCore:
         self._by_kind: dict[str, list[Rule]] = {}
         for rule in self.rules:
             self._by_kind.setdefault(rule.key_kind, []).append(rule)
+        self._closing = {rule.rule_id: rule for rule in self.rules if rule.closes()}
+
+    @property
+    def has_timers(self) -> bool:
+        return bool(self._closing)
 
     def key_kinds(self) -> list[str]:
         return list(self._by_kind)
+
+    def closing_slot(self, slot: str) -> tuple[Rule, str, str] | None:
+        """(rule, key kind, key) of a state slot whose rule has a ``close`` timer."""
+        rule_id, _, key = slot.partition("|")
+        rule = self._closing.get(rule_id)
+        return (rule, rule.key_kind, key) if rule else None
+
+    def close(self, slots: Iterable[str], state: MutableMapping[str, Any],
+              midnight: datetime) -> "Detection":
+        """Run the ``close`` timer of each slot's rule (slots of other rules are
+        skipped), in slot order. Failures are reported as ``process`` reports them."""
+        detection = Detection([], [], {})
+        for slot in sorted(slots):
+            found = self.closing_slot(slot)
+            stored = state.get(slot) if found else None
+            if not stored:
+                continue
+            rule = found[0]
+            before = stored["v"]
+            try:
+                after, fired = rule.close(before, midnight)
+            except Exception as exc:  # noqa: BLE001 - one rule's bug must not stop the rest
+                detection.failures.append(
+                    (rule.rule_id, f"rule {rule.rule_id} failed closing {slot} at "
+                                   f"{midnight.isoformat()}: {type(exc).__name__}: {exc}"))
+                continue
+            if after != before:
+                detection.updates[slot] = {"v": after, "at": stored["at"]}
+            detection.alerts.extend(fired)
+        return detection
 
     def routes(self, event: Any) -> list[tuple[str, str]]:
         """The (key kind, key) pairs this event must be delivered under."""

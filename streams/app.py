@@ -40,8 +40,10 @@ from sinks.store import AlertStore
 from streams.admission import admit
 from streams.deadletter import deadletter_record
 from streams.latency import LatencyRecorder
+from streams.offline import timer_record
 from streams.records import (Reason, Rejected, Settlement, from_canonical, parse,
                              to_canonical)
+from streams.watermark import event_ms, last_midnight, low_mark, merge, to_ms
 
 log = logging.getLogger("fundwatch.worker")
 
@@ -93,7 +95,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
     P = settings.partitions
 
-    sources = app.topic(settings.topic("settlements"), settings.topic("contributions"), **RAW)
+    source_topics = {settings.topic("settlements"), settings.topic("contributions")}
+    sources = app.topic(*sorted(source_topics), **RAW)
     admit_topic = app.topic(settings.topic("admit"), partitions=P, internal=True, **RAW)
     detect_topic = app.topic(settings.topic("detect"), partitions=P, internal=True, **RAW)
     alerts_topic = app.topic(settings.topic("alerts"), **RAW)
@@ -106,6 +109,17 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     rule_state = app.Table("rule-state", default=None, partitions=P)
     # "<partition>/<outcome>" → count, for the admit stage (reconciliation, demo)
     admit_counts = app.Table("admit-counts", default=int, partitions=P)
+    # Event-time progress (streams.watermark). Ingest, this process: per source
+    # channel ("topic/partition") the newest event time, when it last delivered, and
+    # whether it was last reported idle. Admission: per admit partition, the view of
+    # every channel it has heard of. Detect: per detect partition, every admit
+    # partition's view and the last midnight closed.
+    newest: dict[str, int] = {}
+    sources_seen: dict[str, float] = {}
+    idle_reported: set[str] = set()
+    admit_clock = app.Table("admit-clock", default=None, partitions=P)
+    detect_clock = app.Table("detect-clock", default=None, partitions=P)
+    lateness_ms = settings.allowed_lateness_s * 1000
     validate_rejected = {"count": 0}  # the dead-letter topic is its durable record
     latency = LatencyRecorder()
     # Copies sent to / handled by the detect stage since start (this process): lets a
@@ -118,24 +132,29 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                                    offset=message["offset"], key=message["key"])
         await deadletter_topic.send(key=message["key"], value=orjson.dumps(record))
 
-    async def send_batches(topic, groups: dict[int, list]) -> None:
+    async def send_batches(topic, groups: dict[int, list], progress: dict) -> None:
         """One message per partition and batch (split below Kafka's 1 MiB default
         message size). Faust's cost is per message, not per byte: measured, batching
-        the two internal hops made the whole path 2–3× faster for the same output."""
-        for partition, items in groups.items():
-            chunk: list[bytes] = []
+        the two internal hops made the whole path 2–3× faster for the same output.
+
+        Every partition gets a message, even with no records: it carries the
+        sender's event-time progress (``streams.watermark``), on the last chunk so
+        that it follows the records it covers."""
+        for partition in range(P):
+            items = groups.get(partition, ())
+            chunks: list[list[bytes]] = [[]]
             size = 0
             for item in items:
                 encoded = orjson.dumps(item)
-                if chunk and size + len(encoded) > MAX_BATCH_BYTES:
-                    await topic.send(key=None, partition=partition,
-                                     value=b"[" + b",".join(chunk) + b"]")
-                    chunk, size = [], 0
-                chunk.append(encoded)
+                if chunks[-1] and size + len(encoded) > MAX_BATCH_BYTES:
+                    chunks.append([])
+                    size = 0
+                chunks[-1].append(encoded)
                 size += len(encoded) + 1
-            if chunk:
+            for n, chunk in enumerate(chunks, 1):
+                tail = b"," + orjson.dumps(progress)[1:] if n == len(chunks) else b"}"
                 await topic.send(key=None, partition=partition,
-                                 value=b"[" + b",".join(chunk) + b"]")
+                                 value=b'{"items":[' + b",".join(chunk) + b"]" + tail)
 
     @app.agent(sources)
     async def ingest(stream):
@@ -144,8 +163,12 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         async for events in stream.take_events(BATCH_RECORDS, within=BATCH_WAIT_S):
             try:
                 groups: dict[int, list] = {}
+                last: dict[str, tuple] = {}  # channel → (tp, offset) of its last record
                 for item in events:
                     msg = item.message
+                    channel = f"{msg.topic}/{msg.partition}"
+                    last[channel] = (msg.tp, msg.offset)
+                    sources_seen[channel] = time.monotonic()
                     source = {"raw": msg.value, "topic": msg.topic,
                               "partition": msg.partition, "offset": msg.offset, "key": msg.key}
                     try:
@@ -161,6 +184,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                         validate_rejected["count"] += 1
                         await dead_letter(source, [internal_error(exc)], "validate")
                         continue
+                    t = event_ms(event)
+                    newest[channel] = max(newest.get(channel, t), t)
                     key = admission_key(event).encode()
                     groups.setdefault(partition_of(key, P), []).append({
                         "src": f"{msg.topic}/{msg.partition}/{msg.offset}",
@@ -169,7 +194,56 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                         "key": msg.key.decode("utf-8", "backslashreplace") if msg.key else None,
                         "raw": msg.value.decode("utf-8"),  # parse() accepted it: UTF-8
                     })
-                await send_batches(admit_topic, groups)
+                report = {channel: [newest[channel], caught_up(tp, offset)]
+                          for channel, (tp, offset) in last.items() if channel in newest}
+                await send_batches(admit_topic, groups, {"wm": report})
+            except Exception as exc:  # noqa: BLE001
+                stop_hard("ingest", exc)
+
+    def caught_up(tp, offset: int) -> bool:
+        """Whether this record was the last its partition holds (as of the last fetch):
+        an idle channel must not hold the watermark back."""
+        try:
+            highwater = app.consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - no fetch answer yet: say busy
+            return False
+        caught = highwater is not None and offset + 1 >= highwater
+        if caught:
+            idle_reported.add(f"{tp.topic}/{tp.partition}")
+        else:
+            idle_reported.discard(f"{tp.topic}/{tp.partition}")
+        return caught
+
+    @app.timer(IDLE_CHECK_S)
+    async def report_idle_sources():
+        """A source partition with nothing new — after a restart, one that had nothing
+        left to read — says so, or it would hold every day open."""
+        quiet = []
+        try:
+            assigned = app.consumer.assignment()
+        except Exception:  # noqa: BLE001 - not started or rebalancing: next time
+            return
+        for tp in assigned:
+            if tp.topic not in source_topics:
+                continue
+            channel = f"{tp.topic}/{tp.partition}"
+            seen = sources_seen.get(channel)
+            if channel in idle_reported or (seen and time.monotonic() - seen < IDLE_AFTER_S):
+                continue
+            try:
+                highwater = app.consumer.highwater(tp)
+            except Exception:  # noqa: BLE001
+                continue
+            if highwater is None:
+                continue
+            quiet.append(channel)
+        if quiet:
+            try:
+                # A channel not seen since this process started keeps the time the
+                # tables remember for it (None: no news of its time).
+                await send_batches(admit_topic, {}, {"wm": {
+                    channel: [newest.get(channel), True] for channel in quiet}})
+                idle_reported.update(quiet)
             except Exception as exc:  # noqa: BLE001
                 stop_hard("ingest", exc)
 
@@ -178,12 +252,13 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         """Duplicates, conflicting duplicates and reversals, against the ledger."""
         async for item in stream.events():
             try:
+                message = orjson.loads(item.message.value)
                 await admit_batch(item.message.partition, item.message.offset,
-                                  orjson.loads(item.message.value))
+                                  message["items"], message.get("wm"))
             except Exception as exc:  # noqa: BLE001
                 stop_hard("admission", exc)
 
-    async def admit_batch(partition: int, offset: int, batch) -> None:
+    async def admit_batch(partition: int, offset: int, batch, report) -> None:
         tally: dict[str, int] = {}
         groups: dict[int, list] = {}
         for index, wrapped in enumerate(batch):
@@ -223,7 +298,11 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                 latency.record_since(wrapped.get("ts"), time.time())
         for outcome, n in tally.items():  # one counter write per outcome and batch
             admit_counts[f"{partition}/{outcome}"] += n
-        await send_batches(detect_topic, groups)
+        view = admit_clock.get(str(partition)) or {}
+        if report:
+            view = merge(view, report)
+            admit_clock[str(partition)] = view
+        await send_batches(detect_topic, groups, {"q": str(partition), "wm": view})
         flow["routed"] += sum(len(items) for items in groups.values())
 
     @app.agent(detect_topic)
@@ -231,21 +310,52 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         """Every rule keyed by each record's key, with its state from the table."""
         async for item in stream.events():
             try:
-                for routed in orjson.loads(item.message.value):
+                message = orjson.loads(item.message.value)
+                for routed in message["items"]:
                     await detect_one(routed)
+                if "q" in message:
+                    await advance(item.message.partition, message["q"], message["wm"])
             except Exception as exc:  # noqa: BLE001
                 stop_hard("detect", exc)
 
-    async def detect_one(routed) -> None:
-        event = from_canonical(routed["event"])
-        detection = core.process(routed["kind"], routed["key"], event, rule_state,
-                                 position=tuple(routed["pos"]))
-        # Alerts first, acknowledged, then the state: see DetectionCore.commit.
+    async def advance(partition: int, sender: str, view: dict) -> None:
+        """Fold an admit partition's progress in; close the days the watermark passed."""
+        clock = detect_clock.get(str(partition)) or {"views": {}, "closed": None}
+        views = {**clock["views"], sender: view}
+        clock = {**clock, "views": views}
+        low = low_mark(views.values()) if len(views) == P else None
+        if low is not None and core.has_timers:
+            midnight = last_midnight(low - lateness_ms)
+            if clock["closed"] is None or to_ms(midnight) > clock["closed"]:
+                slots = [slot for slot in list(rule_state.keys())
+                         if (found := core.closing_slot(slot))
+                         and partition_of(f"{found[1]}:{found[2]}".encode(), P) == partition]
+                detection = core.close(slots, rule_state, midnight)
+                await send_alerts(detection)
+                core.commit(rule_state, detection)
+                if detection.failures:
+                    await dead_letter(
+                        {"raw": timer_record(midnight), "topic": settings.topic("detect"),
+                         "partition": partition, "offset": None, "key": None},
+                        [Reason("rule_failed", message) for _, message in detection.failures],
+                        "detect")
+                clock["closed"] = to_ms(midnight)
+        if clock != detect_clock.get(str(partition)):
+            detect_clock[str(partition)] = clock
+
+    async def send_alerts(detection) -> None:
+        """Alerts first, acknowledged, then the state: see DetectionCore.commit."""
         acks = [await alerts_topic.send(key=alert["alert_id"].encode(),
                                         value=orjson.dumps(alert))
                 for alert in detection.alerts]
         for ack in acks:
             await ack
+
+    async def detect_one(routed) -> None:
+        event = from_canonical(routed["event"])
+        detection = core.process(routed["kind"], routed["key"], event, rule_state,
+                                 position=tuple(routed["pos"]))
+        await send_alerts(detection)
         core.commit(rule_state, detection)
         flow["detected"] += 1
         latency.record_since(routed.get("ts"), time.time())
@@ -297,6 +407,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
 BATCH_RECORDS = 500
 BATCH_WAIT_S = 0.05
 BATCH_POSITIONS = 1000  # > BATCH_RECORDS: (offset, index) packed into one number
+IDLE_CHECK_S = 1.0  # how often quiet source partitions are looked for
+IDLE_AFTER_S = 2.0  # a source partition that delivered nothing for this long is quiet
 MAX_BATCH_BYTES = 256 * 1024
 
 

@@ -1,8 +1,10 @@
 """The offline driver: the live pipeline's stages, in order, over memory.
 
 Auditors' replays and tests run the exact functions the Faust agents run —
-``records.parse``, ``admission.admit``, ``DetectionCore.routes``/``process`` — with
-dicts where the live worker has Faust tables.
+``records.parse``, ``admission.admit``, ``DetectionCore.routes``/``process``/``close``
+and the watermark of ``streams.watermark`` — with dicts where the live worker has
+Faust tables. The input is one channel: its watermark is the newest event time
+seen minus the allowed lateness.
 
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from rules.core import DetectionCore
 from streams.admission import admit
 from streams.deadletter import deadletter_record
 from streams.records import Reason, Rejected, from_canonical, parse, to_canonical
+from streams.watermark import DEFAULT_LATENESS_S, event_ms, last_midnight, to_ms
 
 
 @dataclass
@@ -29,6 +32,9 @@ class OfflinePipeline:
     alerts: dict[str, dict] = field(default_factory=dict)  # alert_id → latest revision
     emitted: list[dict] = field(default_factory=list)  # every revision, in order
     deadletters: list[dict] = field(default_factory=list)
+    lateness_s: int = DEFAULT_LATENESS_S
+    newest_ms: int | None = None  # the newest event time seen (the one channel's mark)
+    closed_ms: int | None = None  # the last midnight the closing rules were called for
     _position: int = 0  # the offline stream's own offsets, as a partition's are live
 
     def feed(self, raw: bytes, *, source: str | None = None, topic: str | None = None,
@@ -38,6 +44,15 @@ class OfflinePipeline:
             event = parse(raw)
         except Rejected as exc:
             return self._reject(raw, exc.reasons, "validate", topic, partition, offset)
+        try:
+            return self._admit_and_detect(event, raw, source, topic, partition, offset)
+        finally:
+            # As live, where the channel's mark moves with every valid record.
+            t = event_ms(event)
+            self.newest_ms = t if self.newest_ms is None else max(self.newest_ms, t)
+            self._advance()
+
+    def _admit_and_detect(self, event, raw, source, topic, partition, offset) -> str:
         self._position += 1
         verdict = admit(event, self.ledger, source, position=("offline", self._position))
         if verdict.redelivery and verdict.outcome != "accepted":
@@ -66,6 +81,22 @@ class OfflinePipeline:
                                     partition, offset)
         return "accepted"
 
+    def _advance(self) -> None:
+        """Close the days the watermark has passed (see ``streams.watermark``)."""
+        if self.newest_ms is None or not self.core.has_timers:
+            return
+        midnight = last_midnight(self.newest_ms - self.lateness_s * 1000)
+        if self.closed_ms is not None and to_ms(midnight) <= self.closed_ms:
+            return
+        self.closed_ms = to_ms(midnight)
+        detection = self.core.close(list(self.state), self.state, midnight)
+        self.core.commit(self.state, detection)
+        for alert in detection.alerts:
+            self.emitted.append(alert)
+            self.alerts[alert["alert_id"]] = alert
+        if detection.failures:
+            self._rule_failures(timer_record(midnight), detection.failures, None, None, None)
+
     def feed_all(self, lines: Iterable[bytes]) -> "OfflinePipeline":
         for number, line in enumerate(lines, 1):
             if line.strip():
@@ -88,3 +119,9 @@ class OfflinePipeline:
                                                   partition=partition, offset=offset,
                                                   key=None))
         return "rejected"
+
+
+def timer_record(midnight) -> bytes:
+    """What a dead letter holds when a rule fails in its ``close`` timer: there is no
+    input record, only the moment, which is enough to replay it."""
+    return orjson.dumps({"timer": "close", "midnight": midnight.isoformat()})

@@ -1,9 +1,12 @@
 """Every rule's fixture, through the live worker and through the offline driver:
 the same alerts, byte for byte. Finds the rules by itself, like test_all_rules.
 
-One partition end to end, so the live path sees the records in the file's order —
-the property proved here is "same code, same alerts"; robustness to reordering
-within the allowed lateness is each rule's own business (its tests).
+The fixtures' records are merged in event-time order: one stream of one province,
+none later than the allowed lateness. (A record later than that — a fixture may
+hold one on purpose — is counted in the day it belongs to or not depending on
+whether that day had closed when it came, and a live worker closes days between
+batches, a replay between records: that margin is documented, not equal.) One
+partition end to end; test_joint_review runs four.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from rules.core import DetectionCore, discover, load_rules
 from rules.registry import Registry
 from streams.live import start_worker, stop_worker
 from streams.offline import OfflinePipeline
+from streams.records import parse
+from streams.watermark import event_ms
 from tests.live_support import run_through_worker
 
 pytestmark = pytest.mark.broker
@@ -52,7 +57,8 @@ def test_every_rule_fixture_live_equals_offline(broker, tmp_path):
     pools = tmp_path / "pools.yaml"
     if registries:
         pools.write_text(yaml.safe_dump(registries[0], allow_unicode=True))
-    events = [orjson.dumps(e) for f in fixtures.values() for e in f["events"]]
+    records = [orjson.dumps(e) for f in fixtures.values() for e in f["events"]]
+    events = sorted(records, key=lambda raw: event_ms(parse(raw)))  # stable: ties keep order
 
     from infra.config import Settings
 
@@ -80,5 +86,7 @@ def test_every_rule_fixture_live_equals_offline(broker, tmp_path):
     for alert_id, alert in offline.alerts.items():
         assert orjson.dumps(observed.alerts[alert_id], option=orjson.OPT_SORT_KEYS) == \
             orjson.dumps(alert, option=orjson.OPT_SORT_KEYS), alert["rule_id"]
-    # And as many revisions on the way (no crash here, so no re-sent alert either).
-    assert observed.alert_revisions == len(offline.emitted)
+    # Revisions on the way may be fewer live: a worker closes the days a whole batch
+    # moved the watermark past in one call, and a rule states an alert once per call
+    # (the replay closes them one by one). Never more (no crash here: no re-sends).
+    assert len(offline.alerts) <= observed.alert_revisions <= len(offline.emitted)

@@ -1,7 +1,8 @@
 """Focused tests of ``cross_province_surge`` and ``siphon_shift`` (edge cases the shared
-fixtures do not reach). Events are real contract records (``tests.factories``) parsed
-by ``streams.records.parse``; the rule state goes through JSON between events, as it
-does in the live worker's Faust table."""
+fixtures do not reach). Events are real contract records (``tests.factories``) run
+through the offline driver — parse, admission, the rule, and the watermark that
+closes days and months — with the state as JSON between events, as it is in the
+live worker's Faust table."""
 from __future__ import annotations
 
 from datetime import date, timedelta
@@ -9,12 +10,14 @@ from datetime import date, timedelta
 import orjson
 import pytest
 
-from rules.builtin.cross_province_surge import DETAIL_DAYS, KEEP_DAYS, CrossProvinceSurge
+from rules.builtin.cross_province_surge import DETAIL_DAYS, KEPT_BEHIND, CrossProvinceSurge
 from rules.builtin.siphon_shift import SiphonShift
-from rules.core import RuleConfigError
+from rules.core import DetectionCore, RuleConfigError
 from rules.registry import Registry
+from streams.offline import OfflinePipeline
 from streams.records import parse
 from tests.factories import dumps, reversal_of, settlement
+from tests.test_all_rules import JsonTable
 
 D0 = date(2025, 3, 3)  # a Monday
 
@@ -25,7 +28,7 @@ def _at(day: int, hour: int = 10) -> str:
 
 def bill(day: int, yuan: float, *, inst: str = "H440900001", treat: str = "440900",
          insured: str = "450100", hour: int = 10, sid: str | None = None,
-         person: str | None = None, record: bool = False, **extra):
+         person: str | None = None, record: bool = True, **extra):
     fund = round(yuan * 0.6, 2)
     rec = settlement(settlement_id=sid or f"{inst}-{day}-{hour}-{insured}",
                      settled_at=_at(day, hour), person_id=person or f"P{insured}-{day % 5}",
@@ -36,16 +39,17 @@ def bill(day: int, yuan: float, *, inst: str = "H440900001", treat: str = "44090
     return rec if record else parse(dumps(rec))
 
 
-def run(rule, events, state=None):
-    """Apply events in order through JSON-serialised state; every alert revision."""
-    emitted = []
-    for event in events:
-        if isinstance(event, dict):
-            event = parse(dumps(event))
-        new, alerts = rule.apply(state, event)
-        state = orjson.loads(orjson.dumps(new)) if new is not None else None
-        emitted += alerts
-    return state, emitted
+def run(rule, events, pipeline=None):
+    """Feed contract records through the offline driver; (the rule's state for the
+    first record's key, every alert revision emitted). Pass ``pipeline`` to go on."""
+    pipeline = pipeline or OfflinePipeline(DetectionCore([rule]), state=JsonTable())
+    start = len(pipeline.emitted)
+    for i, record in enumerate(events):
+        outcome = pipeline.feed(dumps(record), source=f"test/{start}/{i}")
+        assert outcome == "accepted", pipeline.deadletters[-1]["reasons"]
+    key = rule.key(parse(dumps(events[0]))) if events else None
+    stored = pipeline.state.get(f"{rule.rule_id}|{key}")
+    return (stored["v"] if stored else None), pipeline.emitted[start:]
 
 
 def weeks(base: float, surge: float, *, surge_days=range(35, 42), first_day: int = 0,
@@ -146,7 +150,8 @@ def test_a_reversal_of_an_original_no_longer_held_counts_on_its_own_day():
 def test_a_late_settlement_counts_in_the_next_window_judged():
     rule = CrossProvinceSurge()
     events = weeks(1500, 1950)  # +30% once the whole surge week is in
-    late = next(e for e in events if e.settled_at.date() == D0 + timedelta(days=40))
+    late = next(e for e in events if e["settled_at"].startswith(
+        (D0 + timedelta(days=40)).isoformat()))
     events.remove(late)
     # It arrives after day 41's bills: window ending 40 was judged without it.
     events.insert(-1, late)
@@ -154,8 +159,8 @@ def test_a_late_settlement_counts_in_the_next_window_judged():
     last = fired[-1]
     assert last["evidence"]["current_window"]["end"].startswith("2025-04-14")  # ends day 41
     assert last["evidence"]["current"] == "27300.00" and last["evidence"]["growth"] == 0.3
-    # The late bill itself judged nothing (its day had closed; no new day began).
-    probe = bill(39, 1000, hour=20, sid="LATE-2")
+    # A settlement only counts; judging is for the day's close.
+    probe = parse(dumps(bill(39, 1000, hour=20, sid="LATE-2")))
     assert rule.apply(state, probe)[1] == []
 
 
@@ -230,23 +235,25 @@ def test_measure_fund_paid_and_bad_measure():
 
 def test_a_redelivered_settlement_changes_nothing():
     rule = CrossProvinceSurge()
-    event = bill(3, 1000)
+    event = parse(dumps(bill(3, 1000)))
     state, _ = rule.apply(None, event)
     assert rule.apply(state, event) == (state, [])
 
 
 def test_state_stays_bounded_after_200_days():
     rule = CrossProvinceSurge()
-    state = None
+    pipeline = OfflinePipeline(DetectionCore([rule]), state=JsonTable())
     sizes = []
     for day in range(200):
         events = [bill(day, 1000 + 37 * (day % 11), hour=9 + k, insured=r)
                   for k, r in enumerate(("450100", "430100", "360100"))]
         events.append(bill(day, 500, insured="440900", hour=15))
-        state, _ = run(rule, events, state)
+        state, _ = run(rule, events, pipeline)
         sizes.append(len(orjson.dumps(state)))
-    assert len(state["days"]) <= KEEP_DAYS and len(state["det"]) <= DETAIL_DAYS
-    assert min(state["days"]) == (D0 + timedelta(days=200 - KEEP_DAYS)).isoformat()
+    # Judged through day 198 (the watermark is 6 hours behind day 199's last bill):
+    # the next window and its baseline (days 165-199), ids for 186-199.
+    assert len(state["days"]) <= KEPT_BEHIND and len(state["det"]) <= DETAIL_DAYS
+    assert min(state["days"]) == (D0 + timedelta(days=200 - KEPT_BEHIND)).isoformat()
     assert max(sizes[100:]) <= max(sizes[40:60]) * 1.1  # flat once the horizon is full
 
 
@@ -257,7 +264,7 @@ REGISTRY = Registry.from_dict({"schema": "pools/v1",
 
 
 def stay(month: int, n: int, capital: bool, *, region: str = "440900", level: int = 3,
-         yuan: float = 10000, day: int | None = None, record: bool = False, **extra):
+         yuan: float = 10000, day: int | None = None, record: bool = True, **extra):
     dom = day if day is not None else 1 + n % 27
     dis = date(2025, month, dom)
     fund = round(yuan * 0.7, 2)
@@ -273,13 +280,16 @@ def stay(month: int, n: int, capital: bool, *, region: str = "440900", level: in
     return rec if record else parse(dumps(rec))
 
 
-def months(plan: dict[int, tuple[int, int]], region: str = "440900"):
-    """{month: (stays, of which at the capital's level-3 hospitals)} in date order."""
+def months(plan: dict[int, tuple[int, int]], region: str = "440900", close: bool = True):
+    """{month: (stays, of which at the capital's level-3 hospitals)} in date order; then
+    (``close``) a local stay on the 2nd of the month after, which closes the last."""
     out = []
     for m, (n, c) in sorted(plan.items()):
         # Capital stays spread evenly over the month.
         marks = {round(i * n / c) for i in range(c)} if c else set()
         out += [stay(m, i, i in marks, region=region) for i in range(n)]
+    if close and plan:
+        out.append(stay(max(plan) + 1, 999, False, region=region, day=2))
     return out
 
 
@@ -295,20 +305,23 @@ def test_siphon_needs_a_registry_and_ignores_the_capital_pool():
     assert run(SiphonShift(registry=REGISTRY), capital_pool) == (None, [])
 
 
-def test_siphon_fires_once_per_month_and_restates_it():
+def test_siphon_fires_once_when_the_month_is_complete():
     rule = SiphonShift(registry=REGISTRY)
-    events = months({**BASE, 4: (40, 16)})  # 15% → 40%
-    events.append(stay(5, 0, False, day=2))  # May's first stay closes April
+    events = months({**BASE, 4: (40, 16)})  # 15% → 40%; May's first stay closes April
     _, fired = run(rule, events)
-    assert len({a["alert_id"] for a in fired}) == 1
-    assert fired[0]["evidence"]["stays"] >= 20  # never before min_stays
-    last = fired[-1]
-    assert last["evidence"]["month_closed"] is True and last["evidence"]["stays"] == 40
-    assert last["evidence"]["current_share"] == 0.4 and last["evidence"]["baseline_share"] == 0.15
-    assert last["severity"] == "critical" and last["review"] == "single"
-    assert last["regions"] == ["440900", "440100"] and set(last["duties"]) == {"440900", "440100"}
-    # Restated as the month filled, not on every stay.
-    assert 2 <= len(fired) <= 6
+    assert len(fired) == 1
+    alert = fired[0]
+    assert alert["evidence"]["stays"] == 40 and alert["evidence"]["capital_stays"] == 16
+    assert alert["evidence"]["current_share"] == 0.4
+    assert alert["evidence"]["baseline_share"] == 0.15
+    assert alert["severity"] == "critical" and alert["review"] == "single"
+    assert alert["regions"] == ["440900", "440100"]
+    assert set(alert["duties"]) == {"440900", "440100"}
+    assert alert["detected_at"] == "2025-05-01T00:00:00+08:00"
+    assert alert["window"] == {"start": "2025-04-01T00:00:00+08:00",
+                               "end": "2025-05-01T00:00:00+08:00"}
+    # Nothing before the month is over: without May's stay, April is still open.
+    assert run(SiphonShift(registry=REGISTRY), events[:-1])[1] == []
 
 
 def test_siphon_level_2_capital_hospitals_do_not_count():
@@ -333,14 +346,13 @@ def test_siphon_z_guard_holds_back_small_noisy_months():
     assert fired[-1]["severity"] == "warning" and fired[-1]["evidence"]["excess_pp"] == 20.0
 
 
-def test_siphon_restates_as_info_when_the_share_recedes():
+def test_siphon_judges_the_whole_month_not_an_early_burst():
     rule = SiphonShift(registry=REGISTRY)
     early = [stay(4, i, i < 12, day=1 + i // 3) for i in range(24)]  # 50% early in April
     later = [stay(4, 100 + i, False, day=10 + i // 4) for i in range(56)]  # then local
-    _, fired = run(rule, months(BASE) + early + later)
-    assert fired[0]["severity"] == "critical"
-    assert fired[-1]["severity"] == "info"
-    assert len({a["alert_id"] for a in fired}) == 1
+    closing = [stay(5, 999, False, day=2)]
+    # April as a whole: 12 of 80 = 15%, the baseline's share.
+    assert run(rule, months(BASE, close=False) + early + later + closing)[1] == []
 
 
 def test_siphon_per_province_override():
@@ -353,7 +365,7 @@ def test_siphon_per_province_override():
 def test_siphon_reversal_counts_in_its_month():
     rule = SiphonShift(registry=REGISTRY)
     original = stay(4, 0, True, record=True)
-    state, _ = run(rule, months(BASE) + [original,
+    state, _ = run(rule, months(BASE, close=False) + [original,
                                          reversal_of(original,
                                                      settled_at="2025-05-02T10:00:00+08:00")])
     assert state["months"]["2025-04"]["c"] == 1
@@ -363,8 +375,10 @@ def test_siphon_reversal_counts_in_its_month():
 
 def test_siphon_state_stays_bounded():
     rule = SiphonShift(registry=REGISTRY)
-    state = None
+    pipeline = OfflinePipeline(DetectionCore([rule]), state=JsonTable())
     for m in range(1, 13):
-        state, _ = run(rule, [stay(m, i, i % 5 == 0) for i in range(60)], state)
-    assert sorted(state["months"]) == ["2025-08", "2025-09", "2025-10", "2025-11", "2025-12"]
+        state, _ = run(rule, [stay(m, i, i % 5 == 0) for i in range(60)], pipeline)
+    # November is the last month closed: December's baseline (Sep-Nov) and December.
+    assert state["closed"] == "2025-11"
+    assert sorted(state["months"]) == ["2025-09", "2025-10", "2025-11", "2025-12"]
     assert all(len(v["ids"]) <= 50 for v in state["months"].values())

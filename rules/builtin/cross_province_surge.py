@@ -14,13 +14,14 @@ How it is measured (event time, Asia/Shanghai calendar days):
   it is what the bill says was done, independent of each province's reimbursement
   rates and of the filing discount), split by insured region; for the most recent
   days also the settlement ids and persons.
-* **Evaluation** happens when the institution's first event of a later day arrives
-  (any settlement of the institution, local ones too): that closes the earlier
-  day(s), and the 7-day window ending with each newly closed day is judged once
-  (at most the last 7 closed days after a gap). Judging closed days only keeps a
-  half-filled day from being compared with full ones; the price is that the
-  stream's very last day is judged only when a later event comes. A settlement
-  that arrives after its day was judged still counts in the windows judged later.
+* **Evaluation** happens when a day closes: when the stream's watermark (event
+  time minus the allowed lateness, ``streams.watermark``) passes midnight, the
+  drivers call ``close``, and the 7-day window ending with each newly closed day
+  is judged once, oldest first. Judging closed days only keeps a half-filled day
+  from being compared with full ones, and makes the verdict independent of the
+  order in which a live worker's partitions delivered the records. A settlement
+  that arrives after its day was judged (later than the allowed lateness) still
+  counts in the windows judged later.
 * **Baseline** = mean of the 4 non-overlapping 7-day windows just before the
   current one. **Surge** when ``current > baseline × (1 + threshold)`` (exactly at
   the threshold is no surge); ``ratio = current / baseline``, ``growth = ratio -
@@ -54,8 +55,9 @@ How it is measured (event time, Asia/Shanghai calendar days):
   ``max_insured_regions``. Per-province overrides use the institution's
   (treatment) province.
 
-State is bounded: aggregates for the last 42 days (current window, 4 baseline
-windows and 7 days of lateness), ids and persons for the last 14 days.
+State is bounded: day aggregates for the 35 days the next window and its baseline
+cover, ids and persons for the last 14 days (the current window, and how far back
+a reversal's original is looked for).
 
 >>> from datetime import datetime, timedelta
 >>> from types import SimpleNamespace as E
@@ -68,12 +70,14 @@ windows and 7 days of lateness), ids and persons for the last 14 days.
 ...              treatment_region="440900", is_cross_province=True, reverses=None,
 ...              total_cost_fen=yuan * 100, fund_paid_fen=yuan * 70)
 >>> state, ids = None, []
->>> for day in range(43):   # five weeks at 1000 yuan a day, a week at 1400, then 1000
-...     state, fired = rule.apply(state, bill(day, 1400 if 35 <= day < 42 else 1000))
+>>> for day in range(42):   # five weeks at 1000 yuan a day, then a week at 1400
+...     state, _ = rule.apply(state, bill(day, 1400 if day >= 35 else 1000))
+...     midnight = bill(day + 1, 0).settled_at.replace(hour=0)   # the day is over
+...     state, fired = rule.close(state, midnight)
 ...     ids += [a["alert_id"] for a in fired]
 >>> len(ids), len(set(ids))      # re-emitted as the surge grew, under one alert id
 (4, 1)
->>> a = fired[0]                 # the event of day 42 closed day 41: a full week at 1400
+>>> a = fired[0]                 # day 41 closed: a full week at 1400
 >>> a["severity"], a["review"], a["regions"], a["evidence"]["ratio"]
 ('warning', 'joint', ['440900', '450100'], 1.4)
 >>> a["window"]["start"][:10], a["evidence"]["first_detected"]
@@ -90,9 +94,9 @@ from streams.records import fen_to_yuan_str
 
 WINDOW_DAYS = 7
 BASELINE_WINDOWS = 4
-LATE_DAYS = 7  # how late (in days behind the newest day) a settlement may still count
-KEEP_DAYS = WINDOW_DAYS * (1 + BASELINE_WINDOWS) + LATE_DAYS  # aggregates kept: 42
-DETAIL_DAYS = WINDOW_DAYS + LATE_DAYS  # ids and persons kept: 14
+# Day aggregates kept behind the last judged day: the next window and its baseline.
+KEPT_BEHIND = WINDOW_DAYS * (1 + BASELINE_WINDOWS)  # 35
+DETAIL_DAYS = 2 * WINDOW_DAYS  # ids and persons: the current window, and reversals' reach
 TOP_PERSONS = 10
 TOP_SETTLEMENTS = 50  # the alert lists the most expensive ones (evidence has the count)
 MEASURES = {"total_cost": 0, "fund_paid": 1}
@@ -153,54 +157,60 @@ class CrossProvinceSurge(Rule):
 
     # ------------------------------------------------------------------ state
     def apply(self, state, event):
+        """Add a settlement up; judging waits for the day to close (``close``)."""
         if getattr(event, "kind", None) != "settlement":
             return state, []
         st = state or {}
         day = _day(event.settled_at)
-        newest_before = date.fromisoformat(st["newest"]) if st else None
-        newest = max(newest_before, day) if newest_before else day
-        if day <= newest - timedelta(days=KEEP_DAYS):
+        done = date.fromisoformat(st["done"]) if "done" in st else None
+        if done is not None and day < done - timedelta(days=KEPT_BEHIND - 2):
             return state, []  # too late to count in any window still to be judged
         first = min(date.fromisoformat(st["first"]), day) if st else day
-        moved = not st or newest != newest_before or first.isoformat() != st["first"]
+        moved = not st or first.isoformat() != st["first"]
         if not moved and not event.is_cross_province:
-            return state, []  # the hot path: a local settlement on a day already seen
-        new = {**st, "region": st.get("region", event.treatment_region),
-               "first": first.isoformat(), "newest": newest.isoformat()}
+            return state, []  # the hot path: a local settlement of a known institution
+        new = {**st, "inst": event.institution_id,
+               "region": st.get("region", event.treatment_region), "first": first.isoformat()}
         days = dict(st.get("days", {}))
         details = dict(st.get("det", {}))
-        counted = event.is_cross_province and self._count(days, details, day, newest, event)
+        counted = event.is_cross_province and self._count(days, details, day, event)
         if not moved and not counted:
             return state, []  # a re-delivered settlement
+        new["days"], new["det"] = days, details
+        return new, []
 
+    def close(self, state, midnight):
+        """Judge the 7-day window ending on each day before ``midnight`` not judged yet."""
+        if not state or "first" not in state:
+            return state, []
+        last = midnight.date() - timedelta(days=1)
+        done = date.fromisoformat(state["done"]) if "done" in state else None
+        if (done or date.fromisoformat(state["first"]) - timedelta(days=1)) >= last:
+            return state, []
+        new = dict(state)
+        days, details = new.get("days", {}), new.get("det", {})
         alerts: dict[str, dict] = {}
-        if newest_before is not None and newest > newest_before:
-            done = date.fromisoformat(st["done"]) if "done" in st else None
-            lo = newest - timedelta(days=WINDOW_DAYS)
-            if done is not None and done + timedelta(days=1) > lo:
-                lo = done + timedelta(days=1)
-            end = lo
-            while end < newest:
-                found = self._judge(new, days, details, end)
-                if found:
-                    alert = self._episode(new, found, event)
-                    if alert:
-                        alerts[alert["alert_id"]] = alert
-                end += timedelta(days=1)
-            new["done"] = (newest - timedelta(days=1)).isoformat()
-
-        horizon = (newest - timedelta(days=KEEP_DAYS - 1)).isoformat()
+        end = done + timedelta(days=1) if done else date.fromisoformat(new["first"])
+        while end <= last:
+            found = self._judge(new, days, details, end)
+            if found:
+                alert = self._episode(new, found)
+                if alert:
+                    alerts[alert["alert_id"]] = alert
+            end += timedelta(days=1)
+        new["done"] = last.isoformat()
+        # What the next windows (from ``last`` + 1 on) and reversals can still need.
+        horizon = (last - timedelta(days=KEPT_BEHIND - 2)).isoformat()
         new["days"] = {d: v for d, v in days.items() if d >= horizon}
-        horizon = (newest - timedelta(days=DETAIL_DAYS - 1)).isoformat()
+        horizon = (last - timedelta(days=DETAIL_DAYS - 2)).isoformat()
         new["det"] = {d: v for d, v in details.items() if d >= horizon}
         return new, list(alerts.values())
 
-    def _count(self, days: dict, details: dict, day: date, newest: date, event) -> bool:
+    def _count(self, days: dict, details: dict, day: date, event) -> bool:
         """Add one cross-province settlement (or reversal) to its day; False if it was
         already counted. Replaces, never mutates, the nested values of the old state."""
         sid = event.settlement_id
         key = day.isoformat()
-        detailed = day > newest - timedelta(days=DETAIL_DAYS)
         for entry in details.values():
             if sid in entry["ids"] or sid in entry["x"]:
                 return False  # re-delivered: already counted
@@ -208,7 +218,13 @@ class CrossProvinceSurge(Rule):
                event.insured_region]
         if event.reverses:
             original = event.reverses
+            # Only the reversal's own last 14 days are searched: what is kept beyond
+            # them depends on how far the watermark has got, which differs between
+            # a live worker and a replay.
+            oldest = (day - timedelta(days=DETAIL_DAYS - 1)).isoformat()
             for dkey, entry in details.items():
+                if dkey < oldest or dkey > key:
+                    continue
                 if original in entry["x"]:
                     return False  # this reversal was already applied
                 if original in entry["ids"]:
@@ -218,15 +234,14 @@ class CrossProvinceSurge(Rule):
                                      "x": [*entry["x"], original]}
                     days[dkey] = _add(days.get(dkey), region, -1, -t, -f)
                     return True
-            # The original is older than the ids kept: a negative settlement today.
+            # The original is older than that: a negative settlement on the reversal's day.
             days[key] = _add(days.get(key), event.insured_region, -1, event.total_cost_fen,
                              event.fund_paid_fen)
         else:
             days[key] = _add(days.get(key), event.insured_region, 1, event.total_cost_fen,
                              event.fund_paid_fen)
-        if detailed:
-            entry = details.get(key, {"ids": {}, "x": []})
-            details[key] = {"ids": {**entry["ids"], sid: row}, "x": entry["x"]}
+        entry = details.get(key, {"ids": {}, "x": []})
+        details[key] = {"ids": {**entry["ids"], sid: row}, "x": entry["x"]}
         return True
 
     # ------------------------------------------------------------------ judging
@@ -298,7 +313,7 @@ class CrossProvinceSurge(Rule):
                 "m": m, "max_regions": p("max_insured_regions"),
                 "coverage": Fraction(str(p("region_coverage"))), "details": details}
 
-    def _episode(self, st: dict, found: dict, event) -> dict | None:
+    def _episode(self, st: dict, found: dict) -> dict | None:
         """Attach a surge to its episode (one alert id); the alert if it is to be sent."""
         end = found["end"]
         growth = float(round(found["growth"], 6))
@@ -312,10 +327,10 @@ class CrossProvinceSurge(Rule):
         else:
             ep = {"first": end.isoformat(), "severity": found["severity"], "growth": growth}
         st["ep"] = ep
-        return self._alert(st, found, ep, event)
+        return self._alert(st, found, ep)
 
-    def _alert(self, st: dict, f: dict, ep: dict, event) -> dict:
-        institution = event.institution_id
+    def _alert(self, st: dict, f: dict, ep: dict) -> dict:
+        institution = st["inst"]
         treatment = st["region"]
         end, m = f["end"], f["m"]
         first = date.fromisoformat(ep["first"])
@@ -363,7 +378,9 @@ class CrossProvinceSurge(Rule):
             regions=[treatment, *named],
             window=_span(first - timedelta(days=WINDOW_DAYS - 1),
                          first + timedelta(days=WINDOW_DAYS - 1)),
-            detected_at=iso(event.settled_at),
+            # The window is complete at the end of its last day: that is when it was
+            # judged, in event time.
+            detected_at=iso(datetime.fromisoformat(_start(end + timedelta(days=1)))),
             summary=(f"{institution}: cross-province {f['measure'].replace('_', ' ')} "
                      f"¥{fen_to_yuan_str(f['cur'])} in the 7 days to {end.isoformat()}, "
                      f"{growth:+.0%} over the ¥{fen_to_yuan_str(baseline_fen)} weekly "

@@ -15,23 +15,18 @@ How it is measured (event time, Asia/Shanghai calendar months of ``settled_at``)
   registry, or when it names no capital for the province, the rule does
   nothing**; the capital's own pools are not judged either (their care in the
   capital is local care).
-* **Alert** when the month-to-date share of stays in the capital's tertiary
-  hospitals exceeds the mean of the three preceding months' shares by more than
-  ``margin_pp`` percentage points (``critical_margin_pp``: critical), with at
-  least ``min_stays`` stays in the month so far and in each of the three
-  baseline months. Judged on every inpatient settlement as the month fills; to
-  keep early-month noise (and the many looks at one month) from firing, the
-  excess must also be significant to raise the alert: a two-proportion z-score of
-  at least ``min_z`` (a small month needs a bigger jump; default 3, as the month is
-  looked at many times). Once raised, it stays up while the excess is over the
-  margin.
-* **One alert per pool and month** (window = the calendar month, so a stable
-  ``alert_id``). Restated under the same id as the month fills: when the severity
-  changes, or once the month's stays have grown by a quarter since the last
-  statement; if the share falls back under the margin the alert is restated as
-  ``info`` (the center sees it receded). The pool's first stay of a later month
-  closes the month: its alert, if it has one, is restated a last time with the
-  month's final figures (``evidence.month_closed``).
+* **Judged once, when the month is complete**: when the stream's watermark
+  (``streams.watermark``) passes the first midnight of the next month, the
+  drivers call ``close``. **Alert** when the month's share of stays in the
+  capital's tertiary hospitals exceeds the mean of the three preceding months'
+  shares by more than ``margin_pp`` percentage points (``critical_margin_pp``:
+  critical), with at least ``min_stays`` stays in the month and in each of the
+  three baseline months, and an excess that is significant: a two-proportion
+  z-score of at least ``min_z`` (a small month needs a bigger jump). The drift is
+  structural and slow; a monthly verdict on complete months is what the centers
+  plan with, and it cannot depend on the order in which stays arrived.
+* **One alert per pool and month** (window = the calendar month, a stable
+  ``alert_id``).
 * **Reversals** (冲正) count in the month of the reversal, as a negative stay.
 * **Review "single"**, with both regions listed. This is a structural flow, not
   a fraud to be proven by a 双地联查: the pool's own center acts on it (referral
@@ -39,8 +34,8 @@ How it is measured (event time, Asia/Shanghai calendar months of ``settled_at``)
   capital's center is asked to check the receiving hospitals' admissions. Both
   see the alert (it lists both regions) and each has its duty.
 
-State is bounded: the newest month and the four before it (a late settlement of
-last month still has its three baseline months); per month, counts, the
+State is bounded: the months from the next one to be judged's baseline on (three
+behind it, plus any months already begun after it); per month, counts, the
 receiving capital hospitals and the 50 most expensive capital stays' ids.
 
 >>> from datetime import datetime
@@ -62,7 +57,8 @@ receiving capital hospitals and the 50 most expensive capital stays' ids.
 ...     for i in range(4):
 ...         state, fired = rule.apply(state, stay(month, i, i == 0))
 >>> for i in range(4):             # April: 3 in 4
-...     state, fired = rule.apply(state, stay(4, i, i < 3))
+...     state, _ = rule.apply(state, stay(4, i, i < 3))
+>>> state, fired = rule.close(state, datetime(2025, 5, 1, tzinfo=SHANGHAI))  # April is over
 >>> a = fired[0]
 >>> a["severity"], a["regions"], a["evidence"]["baseline_share"], a["evidence"]["current_share"]
 ('critical', ['440900', '440100'], 0.25, 0.75)
@@ -74,14 +70,12 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-from rules.alerts import iso, make_alert, month_of, month_window, previous_month
+from rules.alerts import make_alert, month_of, month_window, previous_month
 from rules.core import Param, Rule
 from streams.records import fen_to_yuan_str
 
 BASELINE_MONTHS = 3
-KEEP_MONTHS = BASELINE_MONTHS + 1  # months kept behind the newest one
 TOP_IDS = 50  # capital stays listed in the alert (the most expensive); the count is exact
-RESTATE_GROWTH = Fraction(5, 4)  # restate when the month's stays grew by a quarter
 
 
 class SiphonShift(Rule):
@@ -99,7 +93,7 @@ class SiphonShift(Rule):
         "min_stays": Param(int, 20, "inpatient stays needed in the month so far, and in each "
                            "baseline month, to judge", minimum=1),
         "min_z": Param(float, 3.0, "two-proportion z-score the excess must reach (guards "
-                       "small months and the repeated looks at a filling month; 0 = off)",
+                       "small months; 0 = off)",
                        minimum=0.0),
     }
 
@@ -107,17 +101,19 @@ class SiphonShift(Rule):
         return getattr(event, "visit_type", None) == "inpatient"
 
     def apply(self, state, event):
+        """Count an inpatient stay into its month; judging waits for the month to close."""
         if getattr(event, "kind", None) != "settlement" or event.visit_type != "inpatient":
             return state, []
         region = event.insured_region
         capital = self.registry.capital_of(region) if self.registry is not None else None
         if capital is None or capital == region:
             return state, []
+        st = state or {"pool": event.pool_key, "region": region, "capital": capital,
+                       "months": {}}
         month = month_of(event.settled_at)
-        months = dict((state or {}).get("months", {}))
-        newest = max([month, *months])
-        if month < previous_month(newest, KEEP_MONTHS):
-            return state, []  # too late: its month is no longer judged
+        if "closed" in st and month < previous_month(st["closed"], BASELINE_MONTHS - 1):
+            return state, []  # too late: no month still to be judged looks at it
+        months = dict(st["months"])
         entry = months.get(month) or {"n": 0, "c": 0, "f": 0, "cf": 0, "h": {}, "ids": {}}
         sign = -1 if event.reverses else 1
         fund = event.fund_paid_fen
@@ -135,19 +131,26 @@ class SiphonShift(Rule):
             entry.update(c=entry["c"] + sign, cf=entry["cf"] + fund, ids=ids,
                          h={**entry["h"], event.institution_id: [hn + sign, hf + fund]})
         months[month] = entry
-        alerts = self._judge(months, month, event, capital)
-        previous = max((m for m in months if m < month), default=None)
-        if month == newest and previous is not None and "closed" not in months[previous]:
-            # The pool's first stay of a new month closes the one before: restate its
-            # alert, if it has one, with the month's final figures.
-            months[previous] = {**months[previous], "closed": True}
-            alerts += self._judge(months, previous, event, capital, closing=True)
-        floor = previous_month(newest, KEEP_MONTHS)
-        return {"months": {m: v for m, v in sorted(months.items()) if m >= floor}}, alerts
+        return {**st, "months": months}, []
 
-    def _judge(self, months: dict, month: str, event, capital: str,
-               closing: bool = False) -> list[dict]:
-        province = event.insured_region[:2]
+    def close(self, state, midnight):
+        """Judge each calendar month that ended by ``midnight`` and was not judged yet."""
+        if not state:
+            return state, []
+        ended = previous_month(month_of(midnight))  # the last month wholly before midnight
+        if state.get("closed", "") >= ended:
+            return state, []
+        months = state["months"]
+        alerts = []
+        for month in sorted(m for m in months if state.get("closed", "") < m <= ended):
+            alerts += self._judge(state, months, month)
+        floor = previous_month(ended, BASELINE_MONTHS - 1)  # the next month's baseline
+        return {**state, "closed": ended,
+                "months": {m: v for m, v in sorted(months.items()) if m >= floor}}, alerts
+
+    def _judge(self, st: dict, months: dict, month: str) -> list[dict]:
+        region, capital, pool = st["region"], st["capital"], st["pool"]
+        province = region[:2]
         min_stays = self.param("min_stays", province)
         cur = months[month]
         base = [months.get(previous_month(month, k)) for k in range(1, BASELINE_MONTHS + 1)]
@@ -162,26 +165,9 @@ class SiphonShift(Rule):
         pooled = Fraction(cur["c"] + sum(b["c"] for b in base), cur["n"] + base_n)
         var = float(pooled * (1 - pooled) * (Fraction(1, cur["n"]) + Fraction(1, base_n)))
         z = float(excess) / math.sqrt(var) if var > 0 else (math.inf if excess > 0 else 0.0)
-        said = cur.get("said")
-        # The z guard is for raising an alert; one raised stays up while the share is
-        # still over the margin (no flapping as z wavers around min_z).
-        raised = bool(said) and said["severity"] != "info"
-        firing = excess > margin and (raised or z >= self.param("min_z", province))
-        if firing:
-            severity = "critical" if excess > critical else "warning"
-        elif said and said["severity"] != "info":
-            severity = "info"  # it fired this month and has receded: restate it
-        else:
+        if not (excess > margin and z >= self.param("min_z", province)):
             return []
-        if said and said["severity"] == severity and cur["n"] < said["n"] * RESTATE_GROWTH \
-                and not closing:
-            return []
-        if closing and not said:
-            return []  # a month is restated when it closes, never first raised then
-        months[month] = {**cur, "said": {"severity": severity, "n": cur["n"]}}
-
-        pool = event.pool_key
-        region = event.insured_region
+        severity = "critical" if excess > critical else "warning"
         base_fund_share = sum(Fraction(b["cf"], b["f"]) if b["f"] > 0 else Fraction(0)
                               for b in base) / BASELINE_MONTHS
         fund_share = Fraction(cur["cf"], cur["f"]) if cur["f"] > 0 else Fraction(0)
@@ -192,7 +178,9 @@ class SiphonShift(Rule):
             self.rule_id, severity, "pool", pool,
             regions=[region, capital],
             window=month_window(month),
-            detected_at=iso(event.settled_at),
+            # When the month was complete, in event time (not when the watermark
+            # happened to pass it: that differs between a live worker and a replay).
+            detected_at=month_window(month)["end"],
             summary=(f"{pool}: {float(share):.0%} of the pool's inpatient stays in {month} "
                      f"went to {capital}'s tertiary hospitals, {pp:+.1f} pp over the "
                      f"{float(base_share):.0%} of the 3 months before (虹吸效应); "
@@ -220,7 +208,6 @@ class SiphonShift(Rule):
                 "receiving_hospitals": [
                     {"institution_id": iid, "stays": n, "fund_paid": fen_to_yuan_str(f)}
                     for iid, (n, f) in hospitals if n > 0],
-                "month_closed": "closed" in cur,
                 "settlement_count": cur["c"],
             },
             settlement_ids=cur["ids"].keys(),

@@ -1,0 +1,100 @@
+"""Event-time progress: how far the stream has surely got, and which days it closed.
+
+A rule that judges a period — a day's surge window, a month's deficit — must not
+judge it while its events are still arriving. Records of one day do not arrive
+together: the live worker reads several source partitions at their own pace (a
+backlog replay can put one partition days ahead of another), and a province's
+platform may send its settlements hours late. So the drivers keep a **watermark**:
+the event time up to which the stream is taken to be complete.
+
+* Each *channel* (a source partition live; the one input file offline) reports the
+  newest event time it has delivered and whether it is *idle* (caught up: nothing
+  more is waiting in it). The low mark is the oldest newest-time among the busy
+  channels — the slowest one holds everyone back — or, when every channel is
+  idle, the newest time of all.
+* The watermark is that mark minus ``allowed_lateness`` (default 6 hours: the
+  sources report platforms syncing up to 4 hours late).
+* When the watermark passes an Asia/Shanghai midnight, every day before it is
+  complete: the drivers call every closing rule's ``close(state, midnight)`` for
+  every key that has state. The rule judges the periods that ended by then and
+  that it has not judged yet (it keeps that in its state), so a watermark that
+  jumps several days closes them all, in order, in one call.
+
+A record older than the watermark when it arrives is *late*: it still counts in
+everything it adds to (balances, windows not yet judged), but a day already closed
+is not judged again. Both drivers — the live worker and the offline replay — use
+these functions, so with no record later than ``allowed_lateness`` they close the
+same days with the same data.
+
+>>> from datetime import datetime
+>>> from rules.alerts import SHANGHAI
+>>> def ms(*a):
+...     return int(datetime(*a, tzinfo=SHANGHAI).timestamp() * 1000)
+>>> views = {"0": {"settlements/0": [ms(2025, 3, 5, 9), False],
+...                "settlements/1": [ms(2025, 3, 2, 23), False]},  # a partition behind
+...          "1": {"contributions/0": [ms(2025, 3, 1, 8), True]}}  # idle: no hold
+>>> low_mark(views.values()) == ms(2025, 3, 2, 23)
+True
+>>> last_midnight(ms(2025, 3, 3, 1)).isoformat()
+'2025-03-03T00:00:00+08:00'
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Iterable, Mapping
+
+from rules.alerts import SHANGHAI
+
+DEFAULT_LATENESS_S = 6 * 3600
+
+# channel name → [newest event time in epoch milliseconds, idle]
+ChannelView = Mapping[str, list]
+
+
+def event_ms(event) -> int:
+    """A validated record's event time, epoch milliseconds."""
+    moment = event.settled_at if event.kind == "settlement" else event.received_at
+    return int(moment.timestamp() * 1000)
+
+
+def merge(view: ChannelView, update: ChannelView) -> dict[str, list]:
+    """A channel view with newer reports folded in: times only grow; idleness is
+    whatever the channel said last (its reports arrive in order).
+
+    A report without a time (None: a channel idle since the reporter started, whose
+    time it does not know) only changes idleness.
+
+    >>> merge({"a": [5, False]}, {"a": [3, True], "b": [1, False], "c": [None, True]})
+    {'a': [5, True], 'b': [1, False], 'c': [None, True]}
+    """
+    out = {name: list(value) for name, value in view.items()}
+    for name, (t, idle) in update.items():
+        old = out.get(name, [None, idle])[0]
+        out[name] = [t if old is None else old if t is None else max(old, t), bool(idle)]
+    return out
+
+
+def low_mark(views: Iterable[ChannelView]) -> int | None:
+    """The event time every busy channel has reached (see the module docstring);
+    None before any channel has reported."""
+    busy, every = [], []
+    for view in views:
+        for t, idle in view.values():
+            if t is None:
+                continue
+            every.append(t)
+            if not idle:
+                busy.append(t)
+    if busy:
+        return min(busy)
+    return max(every) if every else None
+
+
+def last_midnight(at_ms: int) -> datetime:
+    """The latest Asia/Shanghai midnight at or before ``at_ms``."""
+    moment = datetime.fromtimestamp(at_ms / 1000, SHANGHAI)
+    return datetime(moment.year, moment.month, moment.day, tzinfo=SHANGHAI)
+
+
+def to_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
