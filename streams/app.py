@@ -110,13 +110,14 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     # "<partition>/<outcome>" → count, for the admit stage (reconciliation, demo)
     admit_counts = app.Table("admit-counts", default=int, partitions=P)
     # Event-time progress (streams.watermark). Ingest, this process: per source
-    # channel ("topic/partition") the newest event time, when it last delivered, and
-    # whether it was last reported idle. Admission: per admit partition, the view of
-    # every channel it has heard of. Detect: per detect partition, every admit
-    # partition's view and the last midnight closed.
+    # channel ("topic/partition") the newest event time and the last offset it
+    # processed, and when it first saw each assigned channel. Admission: per admit
+    # partition, the view of every channel it has heard of. Detect: per detect
+    # partition, every admit partition's view and the last midnight closed.
     newest: dict[str, int] = {}
-    sources_seen: dict[str, float] = {}
-    idle_reported: set[str] = set()
+    processed: dict[str, int] = {}
+    first_assigned: dict[str, float] = {}
+    last_report: dict = {}
     admit_clock = app.Table("admit-clock", default=None, partitions=P)
     detect_clock = app.Table("detect-clock", default=None, partitions=P)
     lateness_ms = settings.allowed_lateness_s * 1000
@@ -163,12 +164,10 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         async for events in stream.take_events(BATCH_RECORDS, within=BATCH_WAIT_S):
             try:
                 groups: dict[int, list] = {}
-                last: dict[str, tuple] = {}  # channel → (tp, offset) of its last record
                 for item in events:
                     msg = item.message
                     channel = f"{msg.topic}/{msg.partition}"
-                    last[channel] = (msg.tp, msg.offset)
-                    sources_seen[channel] = time.monotonic()
+                    processed[channel] = msg.offset
                     source = {"raw": msg.value, "topic": msg.topic,
                               "partition": msg.partition, "offset": msg.offset, "key": msg.key}
                     try:
@@ -194,58 +193,56 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                         "key": msg.key.decode("utf-8", "backslashreplace") if msg.key else None,
                         "raw": msg.value.decode("utf-8"),  # parse() accepted it: UTF-8
                     })
-                report = {channel: [newest[channel], caught_up(tp, offset)]
-                          for channel, (tp, offset) in last.items() if channel in newest}
+                report = source_report()
                 await send_batches(admit_topic, groups, {"wm": report})
+                last_report.clear()
+                last_report.update(report)
             except Exception as exc:  # noqa: BLE001
                 stop_hard("ingest", exc)
 
-    def caught_up(tp, offset: int) -> bool:
-        """Whether this record was the last its partition holds (as of the last fetch):
-        an idle channel must not hold the watermark back."""
-        try:
-            highwater = app.consumer.highwater(tp)
-        except Exception:  # noqa: BLE001 - no fetch answer yet: say busy
-            return False
-        caught = highwater is not None and offset + 1 >= highwater
-        if caught:
-            idle_reported.add(f"{tp.topic}/{tp.partition}")
-        else:
-            idle_reported.discard(f"{tp.topic}/{tp.partition}")
-        return caught
+    def source_report() -> dict[str, list]:
+        """[newest event time, idle] of every source partition assigned here.
 
-    @app.timer(IDLE_CHECK_S)
-    async def report_idle_sources():
-        """A source partition with nothing new — after a restart, one that had nothing
-        left to read — says so, or it would hold every day open."""
-        quiet = []
-        try:
-            assigned = app.consumer.assignment()
-        except Exception:  # noqa: BLE001 - not started or rebalancing: next time
-            return
-        for tp in assigned:
+        Idle = nothing left to read, judged afresh at every report for every channel
+        (not only those in the batch: the fetch that brought one partition's records
+        also tells whether the others have new ones). A channel this process has not
+        read from since it started is busy with no time of its own (the tables keep
+        the time it had) until it has been quiet for IDLE_AFTER_S: after a restart
+        its old "idle" must not let the watermark run ahead of records it is about
+        to deliver."""
+        report = {}
+        now = time.monotonic()
+        for tp in app.consumer.assignment():
             if tp.topic not in source_topics:
                 continue
             channel = f"{tp.topic}/{tp.partition}"
-            seen = sources_seen.get(channel)
-            if channel in idle_reported or (seen and time.monotonic() - seen < IDLE_AFTER_S):
-                continue
+            first_assigned.setdefault(channel, now)
             try:
                 highwater = app.consumer.highwater(tp)
-            except Exception:  # noqa: BLE001
-                continue
-            if highwater is None:
-                continue
-            quiet.append(channel)
-        if quiet:
+            except Exception:  # noqa: BLE001 - no fetch answer yet: busy
+                highwater = None
+            if channel in processed:
+                idle = highwater is not None and processed[channel] + 1 >= highwater
+                report[channel] = [newest.get(channel), idle]
+            else:
+                report[channel] = [None, now - first_assigned[channel] >= IDLE_AFTER_S]
+        return report
+
+    @app.timer(IDLE_CHECK_S)
+    async def report_sources():
+        """Between batches, tell admission when a source partition turns idle (the
+        last day of a replay closes; a quiet night does not hold every day open)."""
+        try:
+            report = source_report()
+        except Exception:  # noqa: BLE001 - not started or rebalancing: next time
+            return
+        if report and report != last_report:
             try:
-                # A channel not seen since this process started keeps the time the
-                # tables remember for it (None: no news of its time).
-                await send_batches(admit_topic, {}, {"wm": {
-                    channel: [newest.get(channel), True] for channel in quiet}})
-                idle_reported.update(quiet)
+                await send_batches(admit_topic, {}, {"wm": report})
             except Exception as exc:  # noqa: BLE001
                 stop_hard("ingest", exc)
+            last_report.clear()
+            last_report.update(report)
 
     @app.agent(admit_topic)
     async def admission(stream):
@@ -396,6 +393,10 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             "validate_rejected_since_start": validate_rejected["count"],
             "latency": latency.summary(),
             "flow": dict(flow),
+            # Per detect partition: the last midnight its closing rules were run for
+            # (epoch ms) — how far the stream's days are judged.
+            "closed": {p: clock["closed"] for p, clock in detect_clock.items()
+                       if clock and clock.get("closed") is not None},
         }))
 
     app.fundwatch_core = core  # for tests and the demo's summary
@@ -407,8 +408,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
 BATCH_RECORDS = 500
 BATCH_WAIT_S = 0.05
 BATCH_POSITIONS = 1000  # > BATCH_RECORDS: (offset, index) packed into one number
-IDLE_CHECK_S = 1.0  # how often quiet source partitions are looked for
-IDLE_AFTER_S = 2.0  # a source partition that delivered nothing for this long is quiet
+IDLE_CHECK_S = 1.0  # how often the source partitions' progress is looked at between batches
+IDLE_AFTER_S = 5.0  # a source partition unread since start and quiet this long is idle
 MAX_BATCH_BYTES = 256 * 1024
 
 

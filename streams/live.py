@@ -124,6 +124,7 @@ class Observed:
     admit_counts: dict[str, int] = field(default_factory=dict)
     latency: dict[str, dict] = field(default_factory=dict)  # worker → latest summary
     flow: dict[str, tuple] = field(default_factory=dict)  # worker → (counts, seen at)
+    closed: dict[str, int] = field(default_factory=dict)  # detect partition → midnight (ms)
 
     def count(self, outcome: str) -> int:
         return sum(v for k, v in self.admit_counts.items() if k.endswith("/" + outcome))
@@ -153,6 +154,13 @@ class Observed:
         (for one worker: with several, detect partitions are shared and one
         worker's counts do not balance on their own)."""
         return self.accounted >= total and self.detect_caught_up
+
+    def closed_through(self, partitions: int) -> int | None:
+        """The last midnight (epoch ms) every detect partition has closed its days
+        up to; None until each has closed one."""
+        if len(self.closed) < partitions:
+            return None
+        return min(self.closed.values())
 
     def reasons(self) -> Counter:
         return Counter(r["code"] for d in self.rejected for r in d["reasons"])
@@ -217,6 +225,8 @@ class Watcher:
                         o.latency[value["worker"]] = value["latency"]
                     if value.get("flow"):
                         o.flow[value["worker"]] = (value["flow"], time.monotonic())
+                    for part, ms in value.get("closed", {}).items():
+                        o.closed[part] = max(o.closed.get(part, ms), ms)
 
     async def until(self, predicate, timeout_s: float, tick=None) -> bool:
         deadline = time.monotonic() + timeout_s

@@ -28,12 +28,14 @@ True
 from __future__ import annotations
 
 import itertools
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-__all__ = ["OMIT", "contribution", "dumps", "reversal_of", "settlement"]
+__all__ = ["D0", "OMIT", "at", "bill", "contribution", "dumps", "reversal_of", "settlement",
+           "weeks"]
 
 
 class _Omit:
@@ -141,3 +143,41 @@ def reversal_of(original: dict[str, Any], **overrides: Any) -> dict[str, Any]:
 def dumps(record: Any) -> bytes:
     """The record as one JSON line's bytes (no newline)."""
     return orjson.dumps(record)
+
+
+# ------------------------------------------------------ weeks of cross-province bills
+# For the surge rule: an institution's bills day by day from Monday D0.
+
+D0 = date(2025, 3, 3)  # a Monday
+
+
+def at(day: int, hour: int = 10) -> str:
+    return f"{(D0 + timedelta(days=day)).isoformat()}T{hour:02d}:00:00+08:00"
+
+
+def bill(day: int, yuan: float, *, inst: str = "H440900001", treat: str = "440900",
+         insured: str = "450100", hour: int = 10, sid: str | None = None,
+         person: str | None = None, **extra):
+    """A cross-province outpatient bill of ``yuan`` at an institution, on day ``day``
+    after Monday ``D0`` (the insured and treatment regions make it local or not)."""
+    fund = round(yuan * 0.6, 2)
+    rec = settlement(settlement_id=sid or f"{inst}-{day}-{hour}-{insured}",
+                     settled_at=at(day, hour), person_id=person or f"P{insured}-{day % 5}",
+                     insured_region=insured, treatment_region=treat, institution_id=inst,
+                     visit_type="outpatient", diagnoses=["I10"], total_cost=f"{yuan:.2f}",
+                     fund_paid=f"{fund:.2f}", personal_paid=f"{yuan - fund:.2f}",
+                     filing="temporary" if insured != treat else "none", **extra)
+    return rec
+
+
+def weeks(base: float, surge: float, *, surge_days=range(35, 42), first_day: int = 0,
+          close_day: int = 42, per_day: int = 2, **kw):
+    """``per_day`` bills a day at ``base`` yuan each (``surge`` on the surge days), then a
+    local bill on ``close_day`` that moves the watermark past the days before."""
+    out = []
+    for day in range(first_day, close_day):
+        for k in range(per_day):
+            out.append(bill(day, surge if day in surge_days else base, hour=9 + k, **kw))
+    inst, treat = kw.get("inst", "H440900001"), kw.get("treat", "440900")
+    out.append(bill(close_day, 100, inst=inst, treat=treat, insured=treat, hour=9))
+    return out

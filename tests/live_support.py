@@ -5,20 +5,29 @@ from streams.live import Observed, Watcher, produce
 
 
 async def run_through_worker(settings, worker, lines, expect_accounted, timeout_s=90.0,
-                             settle_s=2.0) -> Observed:
+                             settle_s=2.0, closed_through=None) -> Observed:
     """Produce ``lines``, wait until ``expect_accounted`` records are accounted for
-    and the detect stage has caught up, then a little longer to see that nothing
-    more (a stray duplicate, say) comes out."""
+    and the detect stage has caught up — and, with ``closed_through`` (an aware
+    datetime, a midnight), until every detect partition has closed the days before
+    it — then a little longer to see that nothing more (a stray duplicate, say)
+    comes out."""
     def alive(_):
         assert worker.poll() is None, f"worker exited with {worker.returncode}; see its log"
 
     watcher = Watcher(settings)
     await watcher.start()
     await produce(settings, lines)
-    ok = await watcher.until(lambda o: o.settled(expect_accounted), timeout_s, tick=alive)
+    due = None if closed_through is None else int(closed_through.timestamp() * 1000)
+
+    def done(o):
+        closed = o.closed_through(settings.partitions)
+        return o.settled(expect_accounted) and (
+            due is None or (closed is not None and closed >= due))
+
+    ok = await watcher.until(done, timeout_s, tick=alive)
     await watcher.until(lambda o: False, settle_s)
     await watcher.stop()
     observed = watcher.observed
     assert ok, (f"only {observed.accounted}/{expect_accounted} records accounted for, "
-                f"{len(observed.alerts)} alerts")
+                f"{len(observed.alerts)} alerts, days closed per partition {observed.closed}")
     return observed

@@ -16,28 +16,8 @@ from rules.core import DetectionCore, RuleConfigError
 from rules.registry import Registry
 from streams.offline import OfflinePipeline
 from streams.records import parse
-from tests.factories import dumps, reversal_of, settlement
+from tests.factories import D0, at as _at, bill, dumps, reversal_of, settlement, weeks
 from tests.test_all_rules import JsonTable
-
-D0 = date(2025, 3, 3)  # a Monday
-
-
-def _at(day: int, hour: int = 10) -> str:
-    return f"{(D0 + timedelta(days=day)).isoformat()}T{hour:02d}:00:00+08:00"
-
-
-def bill(day: int, yuan: float, *, inst: str = "H440900001", treat: str = "440900",
-         insured: str = "450100", hour: int = 10, sid: str | None = None,
-         person: str | None = None, record: bool = True, **extra):
-    fund = round(yuan * 0.6, 2)
-    rec = settlement(settlement_id=sid or f"{inst}-{day}-{hour}-{insured}",
-                     settled_at=_at(day, hour), person_id=person or f"P{insured}-{day % 5}",
-                     insured_region=insured, treatment_region=treat, institution_id=inst,
-                     visit_type="outpatient", diagnoses=["I10"], total_cost=f"{yuan:.2f}",
-                     fund_paid=f"{fund:.2f}", personal_paid=f"{yuan - fund:.2f}",
-                     filing="temporary" if insured != treat else "none", **extra)
-    return rec if record else parse(dumps(rec))
-
 
 def run(rule, events, pipeline=None):
     """Feed contract records through the offline driver; (the rule's state for the
@@ -50,19 +30,6 @@ def run(rule, events, pipeline=None):
     key = rule.key(parse(dumps(events[0]))) if events else None
     stored = pipeline.state.get(f"{rule.rule_id}|{key}")
     return (stored["v"] if stored else None), pipeline.emitted[start:]
-
-
-def weeks(base: float, surge: float, *, surge_days=range(35, 42), first_day: int = 0,
-          close_day: int = 42, per_day: int = 2, **kw):
-    """``per_day`` bills a day at ``base`` yuan each (``surge`` on the surge days), then a
-    local bill on ``close_day`` that closes the days before."""
-    out = []
-    for day in range(first_day, close_day):
-        for k in range(per_day):
-            out.append(bill(day, surge if day in surge_days else base, hour=9 + k, **kw))
-    inst, treat = kw.get("inst", "H440900001"), kw.get("treat", "440900")
-    out.append(bill(close_day, 100, inst=inst, treat=treat, insured=treat, hour=9))
-    return out
 
 
 # ---------------------------------------------------------------- cross_province_surge
@@ -121,7 +88,7 @@ def test_the_spread_guard_ignores_one_costly_stay_in_a_noisy_baseline():
 def test_a_reversal_takes_its_original_out_of_its_day():
     rule = CrossProvinceSurge()
     events = weeks(1500, 1500)
-    big = bill(40, 9000, hour=11, sid="BIG", record=True)
+    big = bill(40, 9000, hour=11, sid="BIG")
     # The big bill alone is a +43% week; reversed the same afternoon it counts for nothing.
     with_big = events[:-1] + [big] + events[-1:]
     assert run(rule, with_big)[1]
@@ -135,7 +102,7 @@ def test_a_reversal_takes_its_original_out_of_its_day():
 
 def test_a_reversal_of_an_original_no_longer_held_counts_on_its_own_day():
     rule = CrossProvinceSurge()
-    old = bill(0, 5000, sid="OLD", record=True)
+    old = bill(0, 5000, sid="OLD")
     events = [old] + [bill(d, 1000) for d in range(1, 31)]
     events.append(reversal_of(old, settled_at=_at(30, 15)))
     state, _ = run(rule, events)
@@ -364,7 +331,7 @@ def test_siphon_per_province_override():
 
 def test_siphon_reversal_counts_in_its_month():
     rule = SiphonShift(registry=REGISTRY)
-    original = stay(4, 0, True, record=True)
+    original = stay(4, 0, True)
     state, _ = run(rule, months(BASE, close=False) + [original,
                                          reversal_of(original,
                                                      settled_at="2025-05-02T10:00:00+08:00")])
