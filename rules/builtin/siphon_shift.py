@@ -90,7 +90,7 @@ class SiphonShift(Rule):
         "critical_margin_pp": Param(float, 20.0, "percentage points above the baseline share "
                                     "that make the alert critical", minimum=0.0,
                                     maximum=100.0),
-        "min_stays": Param(int, 20, "inpatient stays needed in the month so far, and in each "
+        "min_stays": Param(int, 20, "inpatient stays needed in the month, and in each "
                            "baseline month, to judge", minimum=1),
         "min_z": Param(float, 3.0, "two-proportion z-score the excess must reach (guards "
                        "small months; 0 = off)",
