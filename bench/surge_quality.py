@@ -1,31 +1,35 @@
 """Precision and recall of ``cross_province_surge`` and ``siphon_shift`` on the simulator.
 
-    python bench/surge_quality.py                      # simulate(days=60, seed=7)
-    python bench/surge_quality.py --days 150 --plant-siphon
+    python bench/surge_quality.py                          # seeds 1-5, 125 days, scale 0.1
+    python bench/surge_quality.py --seeds 1-10 --scale 0.25 --days 150
+    python bench/surge_quality.py --param cross_province_surge.min_z=0 -v
 
-The simulator's stream goes through the offline driver with both rules (and the
-simulator's pool registry); the alerts that stand at the end are compared with
-``sim.truth``:
+Each seed's stream (``streams.simulate``) goes through the offline driver with both
+rules (and the simulator's pool registry); the alerts that stand at the end are
+compared with ``sim.truth``. The simulator injects both anomalies itself: a
+cross-province surge at one hospital from an onset day (given five weeks of
+baseline before it), and a siphon shift of one pool in the last full calendar month
+that follows three full months (so none within about four months: with ``--days
+60`` the siphon rule has nothing to find, and anything it raises is noise).
 
-* **by subject** — precision: alerted subjects that the truth lists for that rule
-  / alerted subjects; recall: truth subjects alerted / truth subjects;
+* **by subject** — per seed, the subjects alerted and the subjects the truth lists
+  for the rule; precision = alerted subjects that are in the truth / alerted
+  subjects, recall = truth subjects alerted / truth subjects;
 * **by alert** — an alert is a true positive when its subject is in the truth and
   the span it judged (``evidence.current_window`` for the surge, the month for the
-  siphon) overlaps the truth entry's window; also how long after the truth's
-  onset each rule first raised it (negative: before the planted onset, on noise).
+  siphon) overlaps the truth entry's window; precision = true-positive alerts /
+  alerts, recall = truth entries matched by at least one alert / truth entries.
 
-The simulator injects a cross-province surge (one hospital, from the onset day)
-but **no siphon shift**: its background sends a constant share of non-capital
-inpatients to the capital. ``--plant-siphon`` plants one here: in the stream's last
-full calendar month, a deterministic ~35% of one pool's local inpatient stays are
-moved to a tertiary hospital of the capital (ids no other line refers to, so the
-records stay valid), and a truth entry is added. The siphon rule needs three
-baseline months before the month it judges: with ``--days 60`` it cannot fire.
+Counts are summed over the seeds before dividing (micro averages). The last column
+is how many days after the truth's window start (the surge's onset, the first of
+the siphon's month) each rule first raised an alert that judged the planted span,
+by its ``detected_at`` (event time), over the seeds where it did. An alert on the
+planted subject that judged only days before the onset (noise, before anything was
+planted) is a false positive by alert, though not by subject.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from datetime import date, datetime
@@ -35,76 +39,31 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rules.alerts import month_window
-from rules.builtin.cross_province_surge import CrossProvinceSurge
-from rules.builtin.siphon_shift import SiphonShift
-from rules.core import DetectionCore
-from rules.registry import Registry
-from streams.offline import OfflinePipeline
-from streams.simulate import simulate
+from rules.builtin.cross_province_surge import CrossProvinceSurge  # noqa: E402
+from rules.builtin.siphon_shift import SiphonShift  # noqa: E402
+from rules.core import DetectionCore  # noqa: E402
+from rules.registry import Registry  # noqa: E402
+from streams.offline import OfflinePipeline  # noqa: E402
+from streams.simulate import simulate  # noqa: E402
 
 RULES = ("cross_province_surge", "siphon_shift")
 
 
-def plant_siphon(lines: list[bytes], registry: dict, pool: str = "440900:resident",
-                 share: float = 0.35) -> tuple[list[bytes], dict | None]:
-    """Move ``share`` of ``pool``'s local inpatient stays in the last full month to the
-    capital's tertiary hospital; return the new lines and the truth entry."""
-    region, insurance_type = pool.split(":")
-    reg = Registry.from_dict(registry)
-    capital = reg.capital_of(region)
-    target = next((i for i in sorted(reg.institutions) if reg.institutions[i]["region"] == capital
-                   and reg.institutions[i].get("level") == 3), None)
-    if capital is None or target is None:
-        return lines, None
-    records: list[dict | None] = []
-    seen: dict[str, int] = {}
-    referenced: set[str] = set()
-    for line in lines:
-        try:
-            rec = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            records.append(None)
-            continue
-        records.append(rec)
-        if isinstance(rec, dict) and rec.get("schema") == "settlement/v1":
-            seen[rec.get("settlement_id")] = seen.get(rec.get("settlement_id"), 0) + 1
-            if rec.get("reverses"):
-                referenced.add(rec["reverses"])
-    months = sorted({r["settled_at"][:7] for r in records
-                     if isinstance(r, dict) and isinstance(r.get("settled_at"), str)})
-    # The last month the stream covers from its 1st to its last day.
-    full = [m for m in months if any(isinstance(r, dict) and str(r.get("settled_at", ""))
-                                     .startswith(m + "-28") for r in records)]
-    if not full:
-        return lines, None
-    month = full[-1]
-    inst = reg.institutions[target]
-    moved = []
-    out = list(lines)
-    for i, rec in enumerate(records):
-        if not (isinstance(rec, dict) and rec.get("schema") == "settlement/v1"
-                and rec.get("visit_type") == "inpatient" and rec.get("insured_region") == region
-                and rec.get("insurance_type") == insurance_type
-                and rec.get("treatment_region") == region and not rec.get("reverses")
-                and str(rec.get("settled_at", "")).startswith(month)
-                and seen.get(rec["settlement_id"]) == 1
-                and rec["settlement_id"] not in referenced):
-            continue
-        h = int.from_bytes(hashlib.blake2b(rec["settlement_id"].encode(), digest_size=4)
-                           .digest(), "big")
-        if h / 2**32 >= share:
-            continue
-        out[i] = orjson.dumps({**rec, "treatment_region": capital, "institution_id": target,
-                               "institution_type": "hospital", "institution_level": 3,
-                               "chain_id": inst.get("chain_id"), "filing": "temporary"})
-        moved.append(rec["settlement_id"])
-    truth = {"anomaly": "siphon_shift", "subject": {"kind": "pool", "id": pool},
-             "regions": [region, capital], "window": month_window(month),
-             "settlement_ids": moved, "planted": True,
-             "note": f"planted by bench/surge_quality.py: {len(moved)} of {pool}'s local "
-                     f"inpatient stays in {month} moved to {target}"}
-    return out, truth
+def parse_seeds(text: str) -> list[int]:
+    """``"1-5"``, ``"3"``, ``"1,4,9-11"`` -> the seeds, in order, once each.
+
+    >>> parse_seeds("1-3,7,2")
+    [1, 2, 3, 7]
+    """
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        for s in range(int(lo), int(hi or lo) + 1):
+            if s not in seeds:
+                seeds.append(s)
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"no seeds in {text!r}")
+    return seeds
 
 
 def _overlaps(a: dict, b: dict) -> bool:
@@ -113,98 +72,140 @@ def _overlaps(a: dict, b: dict) -> bool:
     return t(a["start"]) < t(b["end"]) and t(b["start"]) < t(a["end"])
 
 
+def judged_span(alert: dict) -> dict:
+    """The span an alert judged: the surge's current 7 days, the siphon's month."""
+    return alert["evidence"].get("current_window") or alert["window"]
+
+
 def evaluate(alerts: list[dict], emitted: list[dict], truth: list[dict], rule_id: str) -> dict:
+    """One seed, one rule: the counts precision and recall are made of."""
     mine = [a for a in alerts if a["rule_id"] == rule_id]
     facts = [t for t in truth if t.get("anomaly") == rule_id]
     truth_subjects = {t["subject"]["id"] for t in facts}
     alerted = {a["subject"]["id"] for a in mine}
-    tp_alerts = 0
-    for a in mine:
-        judged = a["evidence"].get("current_window") or a["window"]
-        if any(a["subject"]["id"] == t["subject"]["id"] and _overlaps(judged, t["window"])
-               for t in facts):
-            tp_alerts += 1
+
+    def hits(a: dict, t: dict) -> bool:
+        return a["subject"]["id"] == t["subject"]["id"] and _overlaps(judged_span(a),
+                                                                      t["window"])
+    tp_alerts = sum(1 for a in mine if any(hits(a, t) for t in facts))
+    found = sum(1 for t in facts if any(hits(a, t) for a in mine))
     lead = {}
-    for t in facts:
-        first = min((a["detected_at"] for a in emitted if a["rule_id"] == rule_id
-                     and a["subject"]["id"] == t["subject"]["id"]), default=None)
+    for t in facts:  # the first revision, in event time, that judged the planted span
+        first = min((a["detected_at"] for a in emitted
+                     if a["rule_id"] == rule_id and hits(a, t)), default=None)
         if first:
             onset = datetime.fromisoformat(t["window"]["start"])
             lead[t["subject"]["id"]] = round(
                 (datetime.fromisoformat(first) - onset).total_seconds() / 86400, 1)
+    return {"truth": len(facts), "alerts": len(mine), "tp_alerts": tp_alerts,
+            "truth_found": found, "subjects": len(alerted),
+            "tp_subjects": len(alerted & truth_subjects), "truth_subjects": len(truth_subjects),
+            "false_subjects": sorted(alerted - truth_subjects), "lead_days": lead}
 
-    def ratio(a: int, b: int) -> float | None:
-        return round(a / b, 3) if b else None
-    return {
-        "truth_entries": len(facts), "alerts": len(mine), "alerted_subjects": sorted(alerted),
-        "precision_by_subject": ratio(len(alerted & truth_subjects), len(alerted)),
-        "recall_by_subject": ratio(len(alerted & truth_subjects), len(truth_subjects)),
-        "precision_by_alert": ratio(tp_alerts, len(mine)),
-        "days_from_onset_to_first_alert": lead,
-    }
+
+def _ratio(a: int, b: int) -> str:
+    return f"{a / b:.3f} ({a}/{b})" if b else "n/a (0/0)"
+
+
+def run_seed(seed: int, days: int, scale: float, start: date,
+             params: dict[str, dict]) -> tuple[dict, dict]:
+    """Simulate one seed, replay it through both rules; (per-rule results, info)."""
+    t0 = time.perf_counter()
+    sim = simulate(days=days, seed=seed, start=start, scale=scale)
+    registry = Registry.from_dict(sim.registry)
+    core = DetectionCore([CrossProvinceSurge(registry=registry, **params[RULES[0]]),
+                          SiphonShift(registry=registry, **params[RULES[1]])])
+    pipeline = OfflinePipeline(core).feed_all(sim.events)
+    alerts = sorted(pipeline.alerts.values(), key=lambda a: (a["rule_id"], a["window"]["start"],
+                                                             a["subject"]["id"]))
+    results = {r: evaluate(alerts, pipeline.emitted, sim.truth, r) for r in RULES}
+    info = {"lines": len(sim.events), "seconds": time.perf_counter() - t0, "alerts": alerts,
+            "truth": [t for t in sim.truth if t.get("anomaly") in RULES]}
+    return results, info
+
+
+def _print_detail(seed: int, info: dict) -> None:
+    for rule_id in RULES:
+        for t in info["truth"]:
+            if t["anomaly"] == rule_id:
+                print(f"  seed {seed} truth  {rule_id:<20} {t['subject']['id']:<16} "
+                      f"{t['window']['start'][:10]} .. {t['window']['end'][:10]}  "
+                      f"{orjson.dumps(t.get('expected', {})).decode()[:160]}")
+        for a in info["alerts"]:
+            if a["rule_id"] != rule_id:
+                continue
+            e, span = a["evidence"], judged_span(a)
+            if rule_id == "cross_province_surge":
+                what = (f"current {e['current']} vs baseline {e['baseline']} (ratio "
+                        f"{e['ratio']}, z {e['z']}, {e['settlement_count']} settlements)")
+            else:
+                what = (f"share {e['current_share']} vs baseline {e['baseline_share']} "
+                        f"({e['capital_stays']}/{e['stays']} stays, z {e['z']})")
+            print(f"  seed {seed} alert  {rule_id:<20} {a['subject']['id']:<16} "
+                  f"{span['start'][:10]} .. {span['end'][:10]}  {a['severity']:<8} {what} "
+                  f"{a['review']} {a['regions']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--days", type=int, default=60)
-    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--seeds", type=parse_seeds, default=parse_seeds("1-5"),
+                    help="seeds to simulate: 1-5, 7, 1,3,8-10 (default 1-5)")
+    ap.add_argument("--days", type=int, default=125)
+    ap.add_argument("--scale", type=float, default=0.1)
     ap.add_argument("--start", type=date.fromisoformat, default=date(2025, 3, 1))
-    ap.add_argument("--plant-siphon", action="store_true",
-                    help="plant a siphon shift in one pool's last full month (see above)")
     ap.add_argument("--param", action="append", default=[], metavar="RULE.NAME=VALUE",
                     help="a rule parameter, e.g. cross_province_surge.min_z=0 (repeatable)")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="list each seed's truth entries and alerts")
     args = ap.parse_args(argv)
     params: dict[str, dict] = {r: {} for r in RULES}
     for item in args.param:
         name, _, value = item.partition("=")
         rule_id, _, key = name.partition(".")
+        if rule_id not in params:
+            ap.error(f"--param {item}: rule_id must be one of {', '.join(RULES)}")
         params[rule_id][key] = orjson.loads(value)
-    command = "python bench/surge_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(f"$ {command.strip()}")
-    t0 = time.perf_counter()
-    sim = simulate(days=args.days, seed=args.seed, start=args.start)
-    lines, truth = list(sim.events), list(sim.truth)
-    if args.plant_siphon:
-        lines, planted = plant_siphon(lines, sim.registry)
-        if planted:
-            truth.append(planted)
-            print(f"planted: {planted['note']}")
-        else:
-            print("planted: nothing (no full month, or no capital tertiary hospital)")
-    registry = Registry.from_dict(sim.registry)
-    core = DetectionCore([CrossProvinceSurge(registry=registry, **params[RULES[0]]),
-                          SiphonShift(registry=registry, **params[RULES[1]])])
-    pipeline = OfflinePipeline(core).feed_all(lines)
-    elapsed = time.perf_counter() - t0
-    alerts = sorted(pipeline.alerts.values(), key=lambda a: (a["rule_id"], a["window"]["start"],
-                                                             a["subject"]["id"]))
-    print(f"simulate(days={args.days}, seed={args.seed}): {len(lines)} lines, "
-          f"{pipeline.counts['accepted']} accepted, {len(pipeline.emitted)} alert revisions, "
-          f"{len(alerts)} alerts ({elapsed:.1f} s)")
-    for rule_id in RULES:
-        injected = sum(1 for t in truth if t.get("anomaly") == rule_id)
-        print(f"\n{rule_id}: {injected} truth entr{'y' if injected == 1 else 'ies'}"
-              + ("" if injected else " (the simulator injects none)"))
-        for t in truth:
-            if t.get("anomaly") == rule_id:
-                print(f"  truth  {t['subject']['id']:<18} {t['window']['start'][:10]} .. "
-                      f"{t['window']['end'][:10]}  {t.get('note', '')}")
-        for a in alerts:
-            if a["rule_id"] != rule_id:
-                continue
-            e = a["evidence"]
-            judged = e.get("current_window") or a["window"]
-            if rule_id == "cross_province_surge":
-                what = (f"current {e['current']} vs baseline {e['baseline']} "
-                        f"(ratio {e['ratio']}, {e['settlement_count']} settlements)")
-            else:
-                what = (f"share {e['current_share']} vs baseline {e['baseline_share']} "
-                        f"({e['capital_stays']}/{e['stays']} stays, fund shifted "
-                        f"{e['fund_shifted']})")
-            print(f"  alert  {a['subject']['id']:<18} {judged['start'][:10]} .. "
-                  f"{judged['end'][:10]}  {a['severity']:<8} {what} regions {a['regions']}")
-        result = evaluate(alerts, pipeline.emitted, truth, rule_id)
-        print("  " + orjson.dumps(result).decode())
+    seeds = ",".join(str(s) for s in args.seeds)
+    command = (f"python bench/surge_quality.py --seeds {seeds} --days {args.days} "
+               f"--scale {args.scale:g}" + (f" --start {args.start}"
+                                            if args.start != date(2025, 3, 1) else "")
+               + "".join(f" --param {p}" for p in args.param))
+    print(f"$ {command}")
+    totals = {r: {} for r in RULES}
+    leads: dict[str, list[float]] = {r: [] for r in RULES}
+    print(f"\n{'seed':>4}  {'lines':>7}  {'time':>6}  " + "  ".join(
+        f"{r + ' alerts/TP/truth found':<40}" for r in RULES))
+    for seed in args.seeds:
+        results, info = run_seed(seed, args.days, args.scale, args.start, params)
+        cells = []
+        for r in RULES:
+            res = results[r]
+            for k, v in res.items():
+                if isinstance(v, int):
+                    totals[r][k] = totals[r].get(k, 0) + v
+            leads[r] += list(res["lead_days"].values())
+            extra = f" false: {','.join(res['false_subjects'])}" if res["false_subjects"] else ""
+            cells.append(f"{res['alerts']:>3} / {res['tp_alerts']:>3} / "
+                         f"{res['truth_found']}/{res['truth']}{extra}")
+        print(f"{seed:>4}  {info['lines']:>7}  {info['seconds']:>5.1f}s  "
+              + "  ".join(f"{c:<40}" for c in cells))
+        if args.verbose:
+            _print_detail(seed, info)
+    print(f"\nover {len(args.seeds)} seeds (days={args.days}, scale={args.scale:g}); "
+          "counts summed over the seeds\n")
+    head = (f"{'rule':<22} {'precision by subject':<22} {'recall by subject':<20} "
+            f"{'precision by alert':<20} {'recall by alert':<18} first alert, days after onset")
+    print(head)
+    print("-" * len(head))
+    for r in RULES:
+        t = totals[r]
+        lead = sorted(leads[r])
+        lead_s = (f"min {lead[0]:g}, median {lead[len(lead) // 2]:g}, max {lead[-1]:g}"
+                  if lead else "-")
+        print(f"{r:<22} {_ratio(t['tp_subjects'], t['subjects']):<22} "
+              f"{_ratio(t['tp_subjects'], t['truth_subjects']):<20} "
+              f"{_ratio(t['tp_alerts'], t['alerts']):<20} "
+              f"{_ratio(t['truth_found'], t['truth']):<18} {lead_s}")
     return 0
 
 

@@ -14,9 +14,13 @@ that months-of-payment and deficits mean what they would mean in the real pool.
 
 Injected anomalies (each recorded in ``Simulation.truth``): unfiled cross-region
 inpatient runs (the first within the first ten days, for short demos), a
-cross-province cost surge, phantom bed stays, overlapping stays, split admissions, a
-pharmacy chain with inflated claims across provinces, a pool driven into deficit and
-thin pools, malformed records, exact and conflicting duplicates.
+cross-province cost surge at a border hospital with a steady cross-province baseline
+(from two thirds into the period; with 42 days or more, after at least five weeks of
+baseline), phantom bed stays, overlapping stays, split
+admissions, a pharmacy chain with inflated claims across provinces, a siphon shift of
+one pool's inpatients to the capital's tertiary hospitals (in the last full calendar
+month that follows three full months, if the period has one), a pool driven into
+deficit and thin pools, malformed records, exact and conflicting duplicates.
 
 Truth entries: ``{"anomaly": rule_id, "subject": {"kind", "id"}, "regions",
 "window": {"start", "end"}, "settlement_ids", "note", "expected"?}``; pool findings
@@ -53,6 +57,8 @@ from typing import Any
 
 import orjson
 import yaml
+
+from rules.alerts import month_window, previous_month
 
 __all__ = ["Simulation", "simulate", "write"]
 
@@ -114,6 +120,34 @@ HOMETOWNS = ["430100", "431000", "450100", "450300", "360100"]  # GD retirees go
 DESIGNATED_CROSS_PROVINCE = {"H440900001": 6.0}
 #: Cross-border referrals of inpatients living at home: province -> (hospital, share).
 BORDER_REFERRALS = {"45": ("H440900001", 0.08)}
+#: Regular cross-province patients of that hospital (跨省直接结算 of outpatient chronic
+#: and special diseases, 门诊慢特病): people insured in Guangxi and living there who
+#: cross the border on a schedule, for haemodialysis three times a week or for cancer
+#: day care (chemotherapy, targeted drugs) once a week. A fixed cohort, whatever the
+#: scale: it gives the hospital the steady cross-province volume a designated border
+#: hospital has (about 34 settlements and 80,000 yuan a week), so that even a small
+#: sample of the province has a baseline the surge rule can judge (its default guards:
+#: 10 settlements and 20,000 yuan a week) and that a single costly stay does not
+#: double. Diagnosis -> patients.
+BORDER_REGULARS = ("H440900001", ("450100", "450300"),
+                   {"N18.5": 8, "C34.9": 3, "C16.9": 2, "C18.9": 2, "C22.0": 2, "C50.9": 2})
+BORDER_CANCER_COST = 3.0  # cost level of a cancer day-care visit (drugs) over a plain one
+#: The injected cross-province surge: the weekly cross-province cost after the onset is
+#: at least ``SURGE_RATIO`` times the baseline's, and at least ``SURGE_MIN_EXCESS`` fen
+#: (120,000 yuan) above it, well clear of the baseline's own week-to-week spread (a few
+#: costly stays more or less) at any scale from 0.1.
+SURGE_RATIO = 2.2
+SURGE_MIN_EXCESS = 12_000_000
+#: The injected siphon shift (虹吸效应): in the last full calendar month that follows three
+#: full months, this pool sends more of its inpatients to the capital's tertiary
+#: hospitals: at least ``SIPHON_MIN_PP`` percentage points over its usual share, and a
+#: two-proportion z of at least ``SIPHON_MIN_Z``. Each of the four months holds at least
+#: ``SIPHON_MIN_STAYS`` of the pool's stays (topped up with ordinary stays in a small
+#: sample), comfortably above the rule's default guard of 20.
+SIPHON_POOL = ("440900", "resident")
+SIPHON_MIN_PP = 25
+SIPHON_MIN_Z = 4.0
+SIPHON_MIN_STAYS = 30
 
 # --------------------------------------------------------------------------- medicine
 
@@ -519,11 +553,15 @@ class _Builder:
         self._plan_anomalies()
         self._background_inpatient()
         self._background_visits()
+        self._border_regulars()
         self._inject_surge()
         self._inject_chain()
         self._reversals()
         self._malformed()
         self._duplicates()
+        # After the stream noise, which it leaves as it was: no moved stay is reversed
+        # or corrupted, and the noise phases draw what they drew without it.
+        self._inject_siphon()
         registry = self._money_flows()
         self._assign_ids()
         lines = self._serialise()
@@ -851,23 +889,27 @@ class _Builder:
               adm: int | None = None, dis: int | None = None,
               fund_rate: int | None = None) -> _Ev:
         """One settlement; the fund share follows the reimbursement rules."""
-        _pid, _sex, ins, home, pool, birth = self.p_tup[p]
         if fund_rate is None:
-            rate, ded = RATES[(ins, vt, self.inst_level[inst])]
-            if ins == "employee" and self.ord0 + d - birth >= _AGE60_DAYS:
-                rate += 50  # retirees are reimbursed more
-            if filing == "temporary":
-                rate -= 100  # referred/temporary filings pay a lower share
-            elif filing == "none" and self.inst_region[inst] != home:
-                rate -= 200  # unfiled cross-region care is reimbursed less
-            rate = min(rate, 950)
+            fund = self._fund(p, d, vt, inst, total, filing)
         else:
-            rate, ded = fund_rate, 0
-        fund = (total - ded) * rate // 1000 if total > ded else 0
+            fund = total * fund_rate // 1000 if total > 0 else 0
         ev = _Ev(p, inst, d, sec, vt, dxs, total, fund, items, qty, opi, filing, adm, dis, tag,
-                 pool)
+                 self.p_pool[p])
         self.events.append(ev)
         return ev
+
+    def _fund(self, p: int, d: int, vt: str, inst: int, total: int, filing: str) -> int:
+        """The fund's share of ``total`` (fen) under the reimbursement rules."""
+        _pid, _sex, ins, home, _pool, birth = self.p_tup[p]
+        rate, ded = RATES[(ins, vt, self.inst_level[inst])]
+        if ins == "employee" and self.ord0 + d - birth >= _AGE60_DAYS:
+            rate += 50  # retirees are reimbursed more
+        if filing == "temporary":
+            rate -= 100  # referred/temporary filings pay a lower share
+        elif filing == "none" and self.inst_region[inst] != home:
+            rate -= 200  # unfiled cross-region care is reimbursed less
+        rate = min(rate, 950)
+        return (total - ded) * rate // 1000 if total > ded else 0
 
     @staticmethod
     def _hour(rnd, kind: str) -> int:
@@ -1252,6 +1294,42 @@ class _Builder:
                               dxs, total, total * rate // 1000, None, qty, opi, filing, None,
                               None, "bg", p_pool[p]))
 
+    def _border_regulars(self) -> None:
+        """The border hospital's regular cross-province patients (``BORDER_REGULARS``)."""
+        rng = self.rng("regulars")
+        rnd = rng.random
+        iid, regions, cohort = BORDER_REGULARS
+        inst = self.inst_by_id[iid]
+        pools = [self.pool_index[(r, t)] for r in regions for t in ("employee", "resident")]
+        self.regulars: set[int] = set()
+        weekday = [self.dates[d].weekday() for d in range(self.days)]
+        chosen = []
+        for dx, n in cohort.items():
+            sex = DX_BY_CODE[dx].sex
+            for _ in range(n):
+                for _try in range(10000):
+                    p = rng.choice(self.by_pool[rng.choice(pools)])
+                    if (p not in self.reserved and p not in self.regulars
+                            and self.p_res[p] == self.p_region[p] and 35 <= self.age(p, 0) <= 80
+                            and (sex not in ("F", "M") or self.p_sex[p] == sex)):
+                        break
+                else:  # pragma: no cover - the pools hold >= 40 persons each
+                    continue
+                self.regulars.add(p)
+                chosen.append((p, dx))
+        for k, (p, dx) in enumerate(chosen):
+            if dx == "N18.5":  # haemodialysis: Mon/Wed/Fri or Tue/Thu/Sat, holidays too
+                days_on, mult = ((0, 2, 4) if rnd() < 0.5 else (1, 3, 5)), 1.0
+            else:  # cancer day care: one workday a week, the patients spread over the week
+                days_on, mult = (k % 5,), BORDER_CANCER_COST
+            for d in range(self.days):
+                if weekday[d] not in days_on or self.in_stay(p, d):
+                    continue
+                if dx != "N18.5" and self.kind[d] == 2:
+                    continue  # a public holiday: the day ward is closed
+                self._visit(rng, p, d, "outpatient", inst, "temporary", "bg", dx=dx,
+                            cost_mult=mult)
+
     # ------------------------------------------------------------------ institution anomalies
     def _surge_onset(self) -> int | None:
         """Five weeks of baseline when the period allows, else the last third; none
@@ -1277,9 +1355,13 @@ class _Builder:
         base = [e for e in self.events if e.day < onset and cross(e)]
         per_day = max(1.0, len(base) / onset)
         pre_week = sum(e.total for e in base) * 7 / onset
-        # Inject until the period's cross-province cost is ~2.2x the baseline's weekly
-        # rate (at least a floor, so a small sample still shows a clear surge).
-        target = max(pre_week, 2_000_000 * self.scale) * 2.2 * (self.days - onset) / 7
+        # Inject until the period's cross-province cost is SURGE_RATIO times the
+        # baseline's weekly rate, and at least SURGE_MIN_EXCESS a week above it: in a
+        # small sample one costly stay moves a week by that much, so a surge must be
+        # larger than the baseline's own spread to be one.
+        base_week = max(pre_week, 2_000_000 * self.scale)
+        target = max(base_week * SURGE_RATIO, base_week + SURGE_MIN_EXCESS) * (
+            self.days - onset) / 7
         current = sum(e.total for e in self.events if e.day >= onset and cross(e))
         gx = [self.pool_index[(r, t)] for r in ("450100", "450300")
               for t in ("employee", "resident")]
@@ -1290,7 +1372,7 @@ class _Builder:
             d = onset + k % n_days
             k += 1
             p = rng.choice(self.by_pool[rng.choice(gx)])
-            if p in self.reserved or self.in_stay(p, d):
+            if p in self.reserved or p in self.regulars or self.in_stay(p, d):
                 continue
             ev: _Ev | None
             if rnd() < 0.35:
@@ -1368,6 +1450,145 @@ class _Builder:
                     f"claims from {self.dstr[onset]}", window_start=onset,
                     expected={"branches": [self.inst_id[b] for b in branches],
                               "onset": self.dstr[onset]})
+
+    def _siphon_month(self) -> str | None:
+        """The last full calendar month of the period that follows three full months."""
+        last = self.dates[self.days - 1]
+        full = []
+        for m in sorted({self.month[d] for d in range(self.days)}):
+            y, mo = int(m[:4]), int(m[5:])
+            if date(y, mo, 1) >= self.start and date(y, mo, calendar.monthrange(y, mo)[1]) <= last:
+                full.append(m)
+        for m in reversed(full):
+            if all(previous_month(m, k) in full for k in range(1, 4)):
+                return m
+        return None
+
+    def _pool_stays(self, pool: int, capital: str) -> dict[str, list[int]]:
+        """Per month, a pool's inpatient stays and those at the capital's tertiary
+        hospitals, counted as ``siphon_shift`` counts the lines (a reversal is a negative
+        stay in its own month; malformed lines and re-sends do not count)."""
+        out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        month, region, level = self.month, self.inst_region, self.inst_level
+        for ev in self.events:
+            if ev.pool != pool or ev.vt != "inpatient" or ev.tag not in (
+                    "bg", "anomaly", "reversal", "resettle"):
+                continue
+            sign = -1 if ev.tag == "reversal" else 1
+            acc = out[month[ev.day]]
+            acc[0] += sign
+            if region[ev.inst] == capital and level[ev.inst] == 3:
+                acc[1] += sign
+        return out
+
+    @staticmethod
+    def _siphon_z(cur: list[int], base: list[list[int]]) -> tuple[float, float]:
+        """(excess share, two-proportion z) of a month over its baseline months, as the
+        rule computes them (the baseline share is the mean of the months' shares)."""
+        share = cur[1] / cur[0]
+        base_share = sum(c / n for n, c in base) / len(base)
+        excess = share - base_share
+        base_n = sum(n for n, _ in base)
+        pooled = (cur[1] + sum(c for _, c in base)) / (cur[0] + base_n)
+        var = pooled * (1 - pooled) * (1 / cur[0] + 1 / base_n)
+        return excess, (excess / math.sqrt(var) if var > 0 else math.inf)
+
+    def _inject_siphon(self) -> None:
+        """(g) 虹吸效应: one pool's inpatients go to the capital's tertiary hospitals.
+
+        In the last full calendar month that follows three full months, stays of
+        ``SIPHON_POOL``'s insured at their local hospitals are settled instead at the
+        capital's level-3 hospitals (a referral: filing ``temporary``, tertiary costs
+        and reimbursement), one at a time until the month's share there is at least
+        ``SIPHON_MIN_PP`` points over the mean share of the three months before, with a
+        two-proportion z of at least ``SIPHON_MIN_Z``. In a small sample the four
+        months are first topped up to ``SIPHON_MIN_STAYS`` stays each with ordinary
+        stays of the pool (the background's own referral pattern).
+        """
+        month = self._siphon_month()
+        if month is None:
+            return
+        rng = self.rng("siphon")
+        rnd, bits = rng.random, rng.getrandbits
+        region, ins = SIPHON_POOL
+        pool = self.pool_index[SIPHON_POOL]
+        capital = PROVINCES[region[:2]]["capital"]
+        months = [previous_month(month, k) for k in (3, 2, 1)] + [month]
+        persons = [p for p in self.by_pool[pool]
+                   if self.p_res[p] == region and p not in self.reserved]
+        busy: dict[int, set[int]] = defaultdict(set)  # days a person has a settlement
+        for ev in self.events:
+            if ev.pool == pool:
+                busy[ev.p].add(ev.day)
+        counts = self._pool_stays(pool, capital)
+        ln = _LN[0.45]
+        for m in months:
+            days_in = [d for d in range(self.days) if self.month[d] == m]
+            need = SIPHON_MIN_STAYS - counts[m][0]
+            for _ in range(need * 200):
+                if need <= 0:
+                    break
+                p = rng.choice(persons)
+                dis = rng.choice(days_in)
+                dx = self._dx(rnd, p, dis, "inpatient")
+                los = min(max(1, round(DX_BY_CODE[dx].los * ln[bits(13)])),
+                          60 if dx[0] == "F" else 45)
+                adm = dis - los
+                s = self.stays.get(p)
+                if s and any(a - 7 <= dis and adm <= b + 7 for a, b in s):
+                    continue
+                if any(d in busy[p] for d in range(adm, dis + 1)):
+                    continue
+                n_events = len(self.events)
+                self._bg_stay(rng, p, adm, los, dx)
+                for ev in self.events[n_events:]:
+                    busy[p].add(ev.day)
+                need -= 1
+        counts = self._pool_stays(pool, capital)
+        base = [counts[m] for m in months[:3]]
+        cur = counts[month]
+        if cur[0] <= 0 or any(n <= 0 for n, _ in base):
+            return  # pragma: no cover - the months were topped up above
+        candidates = [ev for ev in self.events
+                      if ev.pool == pool and ev.vt == "inpatient" and ev.tag == "bg"
+                      and not ev.variant and self.month[ev.day] == month
+                      and self.inst_region[ev.inst] == region and self.p_res[ev.p] == region]
+        rng.shuffle(candidates)
+        moved: list[_Ev] = []
+        excess, z = self._siphon_z(cur, base)
+        for ev in candidates:
+            if excess * 100 >= SIPHON_MIN_PP and z >= SIPHON_MIN_Z:
+                break
+            inst = self._inst(rnd, capital, "ip_l3", False)
+            # The same case at a tertiary hospital of the capital: its cost level,
+            # cost lines and reimbursement (a referral, 转诊备案).
+            total = max(50000, int(ev.total * LEVEL_IP_COST[3] * 1.1
+                                   / LEVEL_IP_COST[self.inst_level[ev.inst]]))
+            ev.items = self._inpatient_items(bits, total, ev.dis - ev.adm, 3,
+                                             DX_BY_CODE[ev.dxs[0]].surgical)
+            ev.inst, ev.total, ev.filing, ev.tag = inst, total, "temporary", "anomaly"
+            ev.fund = self._fund(ev.p, ev.day, "inpatient", inst, total, "temporary")
+            moved.append(ev)
+            cur[1] += 1
+            excess, z = self._siphon_z(cur, base)
+        if not moved:
+            return  # pragma: no cover - a month with no local stay to move
+        base_share = sum(c / n for n, c in base) / len(base)
+        name = f"{CITY_NAME[region]} {ins} pool"
+        self.truth.append({
+            "anomaly": "siphon_shift", "subject": {"kind": "pool", "id": f"{region}:{ins}"},
+            "regions": [region, capital], "window": month_window(month),
+            "settlement_ids": moved,
+            "note": (f"{name}: {len(moved)} of its {cur[0]} inpatient stays in {month} "
+                     f"referred to {CITY_NAME[capital]}'s tertiary hospitals instead of local "
+                     f"ones (虹吸效应): {cur[1] / cur[0]:.0%} of its stays there, against "
+                     f"{base_share:.0%} in the three months before"),
+            "expected": {"month": month, "baseline_share": round(base_share, 4),
+                         "shifted_share": round(cur[1] / cur[0], 4), "stays": cur[0],
+                         "capital_stays": cur[1], "moved_stays": len(moved),
+                         "baseline_months": [{"month": m, "stays": n, "capital_stays": c}
+                                             for m, (n, c) in zip(months, base)],
+                         "z": round(z, 2)}})
 
     # ------------------------------------------------------------------ stream noise
     def _reversals(self) -> None:

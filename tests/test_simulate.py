@@ -443,3 +443,173 @@ def test_the_record_parser_agrees_with_the_truth(sim, lines):
             assert expected[n] in [r.code for r in exc.value.reasons], (n, raw[:200])
         else:
             records.parse(raw)  # every other line, conflicting re-sends included, parses
+
+
+# --------------------------------------------------------------------------- surge and siphon
+# The product demo runs about 125 days at scale 0.1: both injected anomalies must be
+# found there by the rules at their default parameters. One simulation and one replay
+# of it through every default rule serve all the tests below (about 4 s together).
+
+@pytest.fixture(scope="module")
+def long_sim() -> Simulation:
+    return simulate(days=125, seed=7, scale=0.1)
+
+
+@pytest.fixture(scope="module")
+def long_parsed(long_sim):
+    """(line number, parsed event or the Rejected) for every line of the long run."""
+    from streams.records import Rejected, parse
+
+    out = []
+    for n, raw in enumerate(long_sim.events, 1):
+        try:
+            out.append((n, parse(raw)))
+        except Rejected as exc:
+            out.append((n, exc))
+    return out
+
+
+@pytest.fixture(scope="module")
+def replay(long_sim):
+    from rules.core import DetectionCore, load_rules
+    from rules.registry import Registry
+    from streams.offline import OfflinePipeline
+
+    core = DetectionCore(load_rules(registry=Registry.from_dict(long_sim.registry)))
+    return OfflinePipeline(core).feed_all(long_sim.events)
+
+
+def _one(truth: list[dict], anomaly: str) -> dict:
+    (entry,) = [t for t in truth if t["anomaly"] == anomaly]
+    return entry
+
+
+def test_long_run_is_deterministic_and_its_records_all_parse(long_sim, long_parsed):
+    from streams.records import Rejected
+
+    assert simulate(days=125, seed=7, scale=0.1).events == long_sim.events
+    malformed = {t["line"] for t in long_sim.truth if t["anomaly"] == "malformed"}
+    rejected = {n for n, ev in long_parsed if isinstance(ev, Rejected)}
+    assert malformed and rejected == malformed
+    # the injected anomalies' settlements are all there, as valid records
+    ids = {ev.settlement_id for _n, ev in long_parsed if getattr(ev, "kind", "") == "settlement"}
+    for anomaly in ("cross_province_surge", "siphon_shift"):
+        entry = _one(long_sim.truth, anomaly)
+        assert entry["settlement_ids"] and set(entry["settlement_ids"]) <= ids
+
+
+def test_the_surging_hospital_has_a_judgeable_cross_province_baseline(long_sim, long_parsed):
+    """Every 7-day window before the onset clears the surge rule's default guards
+    (10 settlements, 20,000 yuan) by a margin; after it the cost is well up."""
+    from datetime import timedelta
+
+    from rules.alerts import SHANGHAI
+
+    surge = _one(long_sim.truth, "cross_province_surge")
+    iid = surge["subject"]["id"]
+    onset = date.fromisoformat(surge["expected"]["onset"])
+    start = date(2025, 3, 1)
+    assert (onset - start).days >= 35  # five weeks of baseline
+    seen, count, cost = set(), Counter(), Counter()
+    for _n, ev in long_parsed:
+        if (getattr(ev, "kind", "") != "settlement" or ev.institution_id != iid
+                or not ev.is_cross_province or ev.settlement_id in seen):
+            continue
+        seen.add(ev.settlement_id)
+        day = ev.settled_at.astimezone(SHANGHAI).date()
+        count[day] += -1 if ev.reverses else 1
+        cost[day] += ev.total_cost_fen
+
+    def window(last: date) -> tuple[int, int]:
+        days = [last - timedelta(days=i) for i in range(7)]
+        return sum(count[d] for d in days), sum(cost[d] for d in days)
+
+    before = [window(start + timedelta(days=k)) for k in range(6, (onset - start).days)]
+    assert min(n for n, _ in before) >= 15
+    assert min(c for _, c in before) >= 30_000_00
+    base = sum(c for _, c in before) / len(before)
+    after = [window(onset + timedelta(days=k)) for k in range(6, 35)]
+    assert sum(c for _, c in after) / len(after) > 2 * base
+    assert surge["expected"]["ratio"] >= 2
+
+
+def test_replay_raises_the_surge_as_a_joint_review_of_both_sides(long_sim, replay):
+    from datetime import timedelta
+
+    surge = _one(long_sim.truth, "cross_province_surge")
+    alerts = [a for a in replay.alerts.values() if a["rule_id"] == "cross_province_surge"]
+    assert {a["subject"]["id"] for a in alerts} == {surge["subject"]["id"]}
+    onset = surge["window"]["start"]
+    found = [a for a in alerts if a["evidence"]["current_window"]["end"] > onset]
+    assert found
+    treatment, insured = surge["regions"][0], set(surge["regions"][1:])
+    assert treatment == "440900" and insured and all(r[:2] == "45" for r in insured)
+    for a in found:
+        assert a["review"] == "joint"
+        assert a["regions"][0] == treatment and set(a["regions"][1:]) & insured
+        assert set(a["duties"]) == set(a["regions"])
+    # raised within the first two complete weeks after the onset, and clearly
+    first = min(found, key=lambda a: a["detected_at"])
+    assert first["detected_at"] <= f"{date.fromisoformat(onset[:10]) + timedelta(days=14)}"
+    assert first["evidence"]["ratio"] > 1.5
+
+
+def test_siphon_shift_is_injected_only_after_three_full_months(long_sim):
+    from rules.alerts import month_window
+
+    siphon = _one(long_sim.truth, "siphon_shift")
+    assert siphon["subject"] == {"kind": "pool", "id": "440900:resident"}
+    assert siphon["regions"] == ["440900", "440100"]
+    assert siphon["window"] == month_window("2025-06")  # Mar, Apr, May before it
+    e = siphon["expected"]
+    assert e["shifted_share"] - e["baseline_share"] >= 0.25 and e["z"] >= 3
+    assert e["stays"] >= 20 and all(b["stays"] >= 20 for b in e["baseline_months"])
+    assert [b["month"] for b in e["baseline_months"]] == ["2025-03", "2025-04", "2025-05"]
+    assert len(siphon["settlement_ids"]) == e["moved_stays"] > 0
+    # 60 days (March, most of April) or a start mid-month: no such month, no siphon
+    assert not [t for t in simulate(days=60, seed=7, scale=0.1).truth
+                if t["anomaly"] == "siphon_shift"]
+    assert not [t for t in simulate(days=100, seed=7, scale=0.1, start=date(2025, 3, 2)).truth
+                if t["anomaly"] == "siphon_shift"]
+
+
+def test_the_moved_stays_are_referrals_to_the_capitals_tertiary_hospitals(long_sim,
+                                                                          long_parsed):
+    from rules.alerts import month_of
+
+    siphon = _one(long_sim.truth, "siphon_shift")
+    moved = set(siphon["settlement_ids"])
+    stays = {ev.settlement_id: ev for _n, ev in long_parsed
+             if getattr(ev, "kind", "") == "settlement" and ev.settlement_id in moved}
+    assert set(stays) == moved
+    levels = {i["id"]: (i["region"], i["level"]) for i in long_sim.registry["institutions"]}
+    for ev in stays.values():
+        assert ev.visit_type == "inpatient" and ev.pool_key == "440900:resident"
+        assert levels[ev.institution_id] == ("440100", 3) and ev.treatment_region == "440100"
+        assert ev.filing == "temporary" and month_of(ev.settled_at) == "2025-06"
+        assert 0 < ev.fund_paid_fen < ev.total_cost_fen
+    reversed_ = {ev.reverses for _n, ev in long_parsed
+                 if getattr(ev, "kind", "") == "settlement" and ev.reverses}
+    assert not moved & reversed_
+
+
+def test_replay_raises_the_siphon_shift_for_the_pool_and_month(long_sim, replay):
+    siphon = _one(long_sim.truth, "siphon_shift")
+    alerts = [a for a in replay.alerts.values() if a["rule_id"] == "siphon_shift"]
+    assert [(a["subject"]["id"], a["window"]) for a in alerts] == [
+        (siphon["subject"]["id"], siphon["window"])]
+    (a,) = alerts
+    e = siphon["expected"]
+    # the rule counts what the simulator says it planted
+    assert (a["evidence"]["stays"], a["evidence"]["capital_stays"]) == (e["stays"],
+                                                                       e["capital_stays"])
+    assert a["evidence"]["baseline_share"] == pytest.approx(e["baseline_share"], abs=1e-4)
+    assert a["evidence"]["current_share"] == pytest.approx(e["shifted_share"], abs=1e-4)
+    assert a["regions"] == siphon["regions"]
+    assert set(a["settlement_ids"]) >= set(siphon["settlement_ids"])
+
+
+def test_short_runs_keep_the_surge_onset_at_two_thirds(sim):
+    surge = _one(sim.truth, "cross_province_surge")  # 14 days: no five-week baseline
+    assert surge["expected"]["onset"] == "2025-03-10"
+    assert not [t for t in sim.truth if t["anomaly"] == "siphon_shift"]
