@@ -16,6 +16,8 @@ from pathlib import Path
 from infra.config import Settings
 from sinks.store import AlertStore
 from streams.live import Watcher, produce, start_worker, stop_worker
+from streams.records import Rejected, parse
+from streams.watermark import event_ms, last_midnight, to_ms
 
 SEVERITY_MARK = {"info": "·", "warning": "!", "critical": "‼"}
 
@@ -30,7 +32,7 @@ def _print_alert(alert: dict, previous: dict | None) -> None:
 
 
 def run_demo(settings: Settings, days: int, seed: int, timeout_s: float, out_dir: Path,
-             scale: float = 1.0) -> int:
+             scale: float = 0.1) -> int:
     from streams.simulate import simulate, write
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,6 +73,10 @@ async def _stream(settings: Settings, sim, worker, timeout_s: float, started: fl
     watcher = Watcher(settings, on_alert=_print_alert)
     await watcher.start()
     total = len(sim.events)
+    # The last midnight the stream's watermark will pass once everything is read:
+    # the days (and months) before it are judged before the summary is drawn.
+    closes = to_ms(last_midnight(newest_event_ms(sim.events)
+                                 - settings.allowed_lateness_s * 1000))
     print("streaming settlements and contributions through Kafka ...", flush=True)
     producing = asyncio.create_task(produce(settings, sim.events))
     last_line = [0.0]
@@ -88,8 +94,12 @@ async def _stream(settings: Settings, sim, worker, timeout_s: float, started: fl
 
     # Done when every record is accounted for *and* the detect stage has caught up:
     # stages run at different speeds, and alerts come from the last one.
-    done = await watcher.until(lambda o: producing.done() and o.settled(total),
-                               timeout_s, tick=progress)
+    def finished(o) -> bool:
+        closed = o.closed_through(settings.partitions)
+        return (producing.done() and o.settled(total) and closed is not None
+                and closed >= closes)
+
+    done = await watcher.until(finished, timeout_s, tick=progress)
     await producing
     # Let the alert sink catch up with the alerts topic before reading the store.
     store = AlertStore(settings.db_url)
@@ -99,6 +109,40 @@ async def _stream(settings: Settings, sim, worker, timeout_s: float, started: fl
         await watcher.poll(500)
     await watcher.stop()
     return _summary(sim, o, store, total, done, time.monotonic() - started)
+
+
+def newest_event_ms(lines) -> int:
+    newest = 0
+    for raw in lines:
+        try:
+            newest = max(newest, event_ms(parse(raw)))
+        except Rejected:
+            continue  # the simulator's malformed records: no event time
+    return newest
+
+
+def _findings(o) -> None:
+    """The joint reviews and the siphon findings, as the centers would read them."""
+    joint = [a for a in o.alerts.values() if a.get("review") == "joint"]
+    siphon = [a for a in o.alerts.values() if a["rule_id"] == "siphon_shift"]
+    if joint:
+        print("joint reviews (双地联查)")
+        for a in sorted(joint, key=lambda a: (a["evidence"]["current_window"]["end"],
+                                              a["subject"]["id"])):
+            ev = a["evidence"]
+            print(f"  {a['subject']['id']}  {a['severity']}  cross-province {ev['measure']} "
+                  f"¥{ev['current']} vs ¥{ev['baseline']} a week ({ev['growth']:+.0%}), "
+                  f"window to {ev['current_window']['end'][:10]}")
+            for region, duty in a["duties"].items():
+                print(f"      {region}: {duty}")
+    if siphon:
+        print("siphon to the capital (虹吸效应)")
+        for a in sorted(siphon, key=lambda a: (a["evidence"]["month"], a["subject"]["id"])):
+            ev = a["evidence"]
+            print(f"  {a['subject']['id']}  {a['severity']}  {ev['month']}: "
+                  f"{ev['current_share']:.0%} of stays at {ev['capital_region']}'s tertiary "
+                  f"hospitals vs {ev['baseline_share']:.0%} before; fund shifted "
+                  f"¥{ev['fund_shifted']}")
 
 
 def _summary(sim, o, store: AlertStore, total: int, done: bool, elapsed: float) -> int:
@@ -126,6 +170,7 @@ def _summary(sim, o, store: AlertStore, total: int, done: bool, elapsed: float) 
     if uncovered:
         print("  injected, not alerted: " + ", ".join(f"{a} ({n})" for a, n in
                                                   sorted(uncovered.items())))
+    _findings(o)
     print(f"alert store          {store.url}  ({store.count():,} alerts)")
     print(f"elapsed              {elapsed:>9.1f} s")
     ok = done and unaccounted == 0 and store.count() == len(o.alerts)

@@ -77,7 +77,7 @@ def test_demo_end_to_end_on_a_configured_cluster(broker, tmp_path):
     env.update(FUNDWATCH_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
                FUNDWATCH_TOPIC_PREFIX=f"demo{tag}.", FUNDWATCH_APP_ID=f"demo-{tag}")
     result = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "demo", "--days", "4", "--out-dir",
+        [sys.executable, "-m", "streams.cli", "demo", "--out-dir",  # the default province
          str(tmp_path / "out"), "--timeout", "150"],
         capture_output=True, text=True, timeout=240, env=env, cwd=os.getcwd())
     out = result.stdout
@@ -88,3 +88,10 @@ def test_demo_end_to_end_on_a_configured_cluster(broker, tmp_path):
     assert "unaccounted                0" in summary
     assert "dead-lettered" in summary and "alert store" in summary
     assert (tmp_path / "out" / "alerts.db").exists()
+    # The province's planted surge shows as a joint review with both sides' duties,
+    # and the pool drifting to the capital as a siphon finding.
+    joint = summary.split("joint reviews (双地联查)")[1].split("siphon to the capital")[0]
+    assert "H440900001" in joint and "440900: On-site inspection" in joint
+    assert "450100: Verify enrolment" in joint
+    siphon = summary.split("siphon to the capital (虹吸效应)")[1]
+    assert "440900:resident" in siphon and "2025-06" in siphon
