@@ -26,6 +26,7 @@ import os
 import socket
 import ssl
 import time
+from datetime import datetime
 
 import faust
 import orjson
@@ -34,6 +35,7 @@ from aiokafka.partitioner import murmur2
 from infra.broker import kafka_client_options
 from infra.config import Settings
 from infra.tansu import patch_faust_recovery
+from rules.alerts import SHANGHAI
 from rules.core import DetectionCore, load_rules
 from rules.registry import Registry
 from sinks.store import AlertStore
@@ -207,11 +209,15 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         (not only those in the batch: the fetch that brought one partition's records
         also tells whether the others have new ones). A channel this process has not
         read from since it started is busy with no time of its own (the tables keep
-        the time it had) until it has been quiet for IDLE_AFTER_S: after a restart
-        its old "idle" must not let the watermark run ahead of records it is about
-        to deliver."""
+        the time it had) until records have been able to flow for IDLE_AFTER_S and
+        it delivered none: after a restart its old "idle" must not let the
+        watermark run ahead of records it is about to deliver."""
         report = {}
         now = time.monotonic()
+        if app.in_recovery or app.rebalancing:
+            # Quiet is counted from when records can flow: a worker rebuilding its
+            # tables (seen: 20 s after a crash) reads no source partition yet.
+            first_assigned.clear()
         for tp in app.consumer.assignment():
             if tp.topic not in source_topics:
                 continue
@@ -225,7 +231,9 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                 idle = highwater is not None and processed[channel] + 1 >= highwater
                 report[channel] = [newest.get(channel), idle]
             else:
-                report[channel] = [None, now - first_assigned[channel] >= IDLE_AFTER_S]
+                quiet = not (app.in_recovery or app.rebalancing) and \
+                    now - first_assigned[channel] >= IDLE_AFTER_S
+                report[channel] = [None, quiet]
         return report
 
     @app.timer(IDLE_CHECK_S)
@@ -327,6 +335,9 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                 slots = [slot for slot in list(rule_state.keys())
                          if (found := core.closing_slot(slot))
                          and partition_of(f"{found[1]}:{found[2]}".encode(), P) == partition]
+                log.info("detect partition %d: days before %s complete (watermark %s); "
+                         "closing %d keys", partition, midnight.isoformat(),
+                         iso_ms(low - lateness_ms), len(slots))
                 detection = core.close(slots, rule_state, midnight)
                 await send_alerts(detection)
                 core.commit(rule_state, detection)
@@ -411,6 +422,10 @@ BATCH_POSITIONS = 1000  # > BATCH_RECORDS: (offset, index) packed into one numbe
 IDLE_CHECK_S = 1.0  # how often the source partitions' progress is looked at between batches
 IDLE_AFTER_S = 5.0  # a source partition unread since start and quiet this long is idle
 MAX_BATCH_BYTES = 256 * 1024
+
+
+def iso_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, SHANGHAI).isoformat(timespec="seconds")
 
 
 def partition_of(key: bytes, partitions: int) -> int:

@@ -11,7 +11,9 @@ the event time up to which the stream is taken to be complete.
   newest event time it has delivered and whether it is *idle* (caught up: nothing
   more is waiting in it). The low mark is the oldest newest-time among the busy
   channels — the slowest one holds everyone back — or, when every channel is
-  idle, the newest time of all.
+  idle, the newest time of all. Live, the reports reach the detect stage through
+  each admission partition, in order with the records it forwarded, and the low
+  mark is the least over those partitions (:func:`low_mark`).
 * The watermark is that mark minus ``allowed_lateness`` (default 6 hours: the
   sources report platforms syncing up to 4 hours late).
 * When the watermark passes an Asia/Shanghai midnight, every day before it is
@@ -30,9 +32,10 @@ same days with the same data.
 >>> from rules.alerts import SHANGHAI
 >>> def ms(*a):
 ...     return int(datetime(*a, tzinfo=SHANGHAI).timestamp() * 1000)
->>> views = {"0": {"settlements/0": [ms(2025, 3, 5, 9), False],
-...                "settlements/1": [ms(2025, 3, 2, 23), False]},  # a partition behind
-...          "1": {"contributions/0": [ms(2025, 3, 1, 8), True]}}  # idle: no hold
+>>> seen = {"settlements/0": [ms(2025, 3, 5, 9), False],
+...         "settlements/1": [ms(2025, 3, 2, 23), False],    # a partition behind
+...         "contributions/0": [ms(2025, 3, 1, 8), True]}    # idle: holds nothing
+>>> views = {"0": seen, "1": {**seen, "settlements/0": [ms(2025, 3, 5, 10), False]}}
 >>> low_mark(views.values()) == ms(2025, 3, 2, 23)
 True
 >>> last_midnight(ms(2025, 3, 3, 1)).isoformat()
@@ -75,19 +78,32 @@ def merge(view: ChannelView, update: ChannelView) -> dict[str, list]:
 
 
 def low_mark(views: Iterable[ChannelView]) -> int | None:
-    """The event time every busy channel has reached (see the module docstring);
-    None before any channel has reported."""
-    busy, every = [], []
+    """The event time up to which every upstream partition has passed on everything.
+
+    Each view is what one upstream partition (an admission partition, live) was
+    last told about the source channels, in order with the records it forwarded.
+    Its own mark is the oldest newest-time of the channels busy in it — or, when
+    all are idle in it, the newest time of all: it has passed on everything there
+    was. The low mark is the least of those marks: a view that says "idle" only
+    speaks for what that partition has forwarded, not for the others.
+
+    >>> low_mark([{"s0": [9, True], "s1": [5, False]},   # s1 busy: this one passed on up to 5
+    ...           {"s0": [3, True], "s1": [4, True]}])   # told earlier: all read, up to 4
+    4
+    >>> low_mark([{"s0": [None, False]}]) is None      # no time known: no mark
+    True
+    """
+    marks = []
     for view in views:
-        for t, idle in view.values():
-            if t is None:
-                continue
-            every.append(t)
-            if not idle:
-                busy.append(t)
-    if busy:
-        return min(busy)
-    return max(every) if every else None
+        busy = [t for t, idle in view.values() if t is not None and not idle]
+        every = [t for t, _ in view.values() if t is not None]
+        if busy:
+            marks.append(min(busy))
+        elif every:
+            marks.append(max(every))
+        else:
+            return None  # a partition that knows no time yet holds everything open
+    return min(marks) if marks else None
 
 
 def last_midnight(at_ms: int) -> datetime:
