@@ -183,13 +183,11 @@ class DetectionCore:
                 continue
             rule = found[0]
             before = stored["v"]
-            try:
-                after, fired = rule.close(before, midnight)
-            except Exception as exc:  # noqa: BLE001 - one rule's bug must not stop the rest
-                detection.failures.append(
-                    (rule.rule_id, f"rule {rule.rule_id} failed closing {slot} at "
-                                   f"{midnight.isoformat()}: {type(exc).__name__}: {exc}"))
+            result = _guarded(detection, rule, lambda: rule.close(before, midnight),
+                              f"closing {slot} at {midnight.isoformat()}")
+            if result is None:
                 continue
+            after, fired = result
             if after != before:
                 detection.updates[slot] = {"v": after, "at": stored["at"]}
             detection.alerts.extend(fired)
@@ -231,13 +229,11 @@ class DetectionCore:
             if part is not None and applied.get(part, -1) >= offset:
                 continue  # already applied: a redelivery
             before = stored["v"] if stored else None
-            try:
-                after, fired = rule.apply(before, event)
-            except Exception as exc:  # noqa: BLE001 - one rule's bug must not stop the rest
-                detection.failures.append(
-                    (rule.rule_id, f"rule {rule.rule_id} failed on this record: "
-                                   f"{type(exc).__name__}: {exc}"))
+            result = _guarded(detection, rule, lambda: rule.apply(before, event),
+                              "on this record")
+            if result is None:
                 continue
+            after, fired = result
             if after != before:
                 # The position is recorded only with a change: an event that left
                 # the state as it was gives the same result if it comes again.
@@ -261,6 +257,18 @@ class Detection:
     alerts: list[Alert]
     failures: list[tuple[str, str]]  # (rule_id, message)
     updates: dict[str, Any] = field(default_factory=dict)  # slot → new state envelope
+
+
+def _guarded(detection: Detection, rule: Rule, step: Callable[[], tuple], what: str
+             ) -> tuple | None:
+    """Run one rule step; a rule that raises is reported in ``detection.failures``
+    (its state stays as it was) instead of stopping the other rules or the worker."""
+    try:
+        return step()
+    except Exception as exc:  # noqa: BLE001 - one rule's bug must not stop the rest
+        detection.failures.append(
+            (rule.rule_id, f"rule {rule.rule_id} failed {what}: {type(exc).__name__}: {exc}"))
+        return None
 
 
 def _rule_classes(module) -> list[type[Rule]]:

@@ -147,6 +147,17 @@ def test_rule_fixture(rule_id):
     again = sorted(_run(cls, fixture).alerts.values(), key=lambda a: a["alert_id"])
     assert orjson.dumps(again) == orjson.dumps(actual)
 
+    # A closing rule's timer is idempotent: closed again at the same midnight (a
+    # restarted worker re-running its last close), no state changes, no alert.
+    if cls.closes() and pipeline.closed_ms is not None:
+        from streams.watermark import last_midnight
+
+        midnight = last_midnight(pipeline.closed_ms)
+        for slot, stored in pipeline.state.items():
+            found = pipeline.core.closing_slot(slot)
+            if found:
+                assert found[0].close(stored["v"], midnight) == (stored["v"], []), slot
+
     # Live-style state (JSON round trip on every write, as a Faust table) changes nothing.
     live = _run(cls, fixture, state=JsonTable())
     assert orjson.dumps(live.emitted) == orjson.dumps(_run(cls, fixture).emitted)

@@ -41,6 +41,34 @@ def test_a_failing_rule_is_dead_lettered_and_the_others_still_fire():
     assert not any(k.startswith("exploding_rule|") for k in pipeline.state)
 
 
+class ExplodingAtMidnight(Rule):
+    rule_id = "exploding_at_midnight"
+    description = "counts settlements, then raises when a day closes (a timer with a bug)"
+    subject_kind = "institution"
+    key_kind = "institution"
+
+    def apply(self, state, event):
+        return {"n": (state or {}).get("n", 0) + 1}, []
+
+    def close(self, state, midnight):
+        raise KeyError("a day the rule did not expect")
+
+
+def test_a_failing_close_timer_is_dead_lettered_and_the_others_still_fire():
+    pipeline = OfflinePipeline(DetectionCore([ExplodingAtMidnight(), UnfiledCrossRegion()]))
+    for i in range(1, 6):  # 11-15 March: each record moves the watermark past a midnight
+        assert pipeline.feed(unfiled(i), source=f"t/0/{i}") == "accepted"
+    assert len(pipeline.alerts) == 1
+    failed = [d for d in pipeline.deadletters if d["stage"] == "detect"]
+    assert len(failed) == 5  # the first record closes 11 March 00:00, then one per day
+    reason = failed[-1]["reasons"][0]
+    assert reason["code"] == "rule_failed" and "exploding_at_midnight" in reason["message"]
+    assert "closing exploding_at_midnight|H440100001 at 2025-03-15T00:00:00+08:00" in \
+        reason["message"]
+    # Its state is what apply made of it; the failed timer changed nothing.
+    assert pipeline.state["exploding_at_midnight|H440100001"]["v"] == {"n": 5}
+
+
 def test_routes_follow_the_rules_key_kinds():
     core = DetectionCore([UnfiledCrossRegion()])
     from streams.records import parse
