@@ -19,10 +19,20 @@ call it when the stream's watermark (``streams.watermark``) has passed
 events up; ``close`` judges, so the verdict does not depend on the order in which
 records of different partitions happened to arrive.
 
+Several rules may judge the same accounts: a pool's income and expenditure feed
+its balance warning, its deficit and its surge. Those accounts are kept once, in a
+:class:`Book` (``rules.pools.PoolBook``): the core applies every event to the book
+of its key before any rule, keeps the book's state beside the rules' (slot
+``"<book_id>|<key>"``), and at each close rolls the book first and then calls
+``close(state, midnight, book)`` of every rule that names it in ``book``. Such a
+rule has no ``apply``: it only judges.
+
 >>> from rules.core import DetectionCore, load_rules
 >>> core = DetectionCore(load_rules())
 >>> sorted(core.key_kinds())
 ['institution', 'pool']
+>>> [book.book_id for book in core.books]
+['pool_fund']
 """
 from __future__ import annotations
 
@@ -79,14 +89,39 @@ class Param:
         return value
 
 
+class Book:
+    """Accounts kept once per key for the rules that judge from them (see the module
+    doc). ``apply(state, event) -> state`` adds an event; ``close(state, midnight)
+    -> state`` is told that every day before ``midnight`` is complete. No alerts:
+    judging is the rules' part. Same duties as a rule's state: JSON-able, replaced
+    never mutated, idempotent close."""
+
+    book_id: ClassVar[str]
+    key_kind: ClassVar[str]
+
+    def __init__(self, registry: "Registry | None" = None) -> None:
+        self.registry = registry
+
+    def wants(self, event: Any) -> bool:
+        return True
+
+    def apply(self, state: State | None, event: Any) -> State:
+        raise NotImplementedError
+
+    def close(self, state: State | None, midnight: datetime) -> State | None:
+        return state
+
+
 class Rule:
-    """Base class of every rule. Subclasses set the class attributes and ``apply``."""
+    """Base class of every rule. Subclasses set the class attributes and ``apply``
+    (or, judging from a book, ``book`` and ``close(state, midnight, book)``)."""
 
     rule_id: ClassVar[str]
     description: ClassVar[str]
     subject_kind: ClassVar[str]
     key_kind: ClassVar[str]
     params: ClassVar[Mapping[str, Param]] = {}
+    book: ClassVar[str | None] = None  # the Book this rule judges from, if any
 
     def __init__(self, registry: "Registry | None" = None,
                  provinces: Mapping[str, Mapping[str, Any]] | None = None,
@@ -151,12 +186,32 @@ class DetectionCore:
     changelog on assignment.
     """
 
-    def __init__(self, rules: Iterable[Rule]) -> None:
+    def __init__(self, rules: Iterable[Rule], books: Iterable[Book] | None = None) -> None:
         self.rules = list(rules)
-        self._by_kind: dict[str, list[Rule]] = {}
+        if books is None:
+            from rules.pools import PoolBook
+
+            # The pool book is kept even with every pool rule off: balances are what
+            # a supervision center asks for first (``fundwatch pools``, replay).
+            registry = next((r.registry for r in self.rules if r.registry is not None), None)
+            books = [PoolBook(registry)]
+        self.books = list(books)
+        book_ids = {book.book_id: book for book in self.books}
+        self._by_kind: dict[str, list[Rule | Book]] = {}
+        for book in self.books:
+            self._by_kind.setdefault(book.key_kind, []).append(book)
+        self._readers: dict[str, list[Rule]] = {}
         for rule in self.rules:
-            self._by_kind.setdefault(rule.key_kind, []).append(rule)
-        self._closing = {rule.rule_id: rule for rule in self.rules if rule.closes()}
+            if rule.book is None:
+                self._by_kind.setdefault(rule.key_kind, []).append(rule)
+            elif rule.book not in book_ids:
+                raise RuleConfigError(f"rule {rule.rule_id} judges from book {rule.book!r}, "
+                                      f"which is not kept (books: {', '.join(book_ids)})")
+            else:
+                self._readers.setdefault(rule.book, []).append(rule)
+        self._closing: dict[str, Rule | Book] = {
+            rule.rule_id: rule for rule in self.rules if rule.book is None and rule.closes()}
+        self._closing.update((book.book_id, book) for book in self.books)
 
     @property
     def has_timers(self) -> bool:
@@ -165,33 +220,57 @@ class DetectionCore:
     def key_kinds(self) -> list[str]:
         return list(self._by_kind)
 
-    def closing_slot(self, slot: str) -> tuple[Rule, str, str] | None:
-        """(rule, key kind, key) of a state slot whose rule has a ``close`` timer."""
-        rule_id, _, key = slot.partition("|")
-        rule = self._closing.get(rule_id)
-        return (rule, rule.key_kind, key) if rule else None
+    def closing_slot(self, slot: str) -> tuple[Rule | Book, str, str] | None:
+        """(rule or book, key kind, key) of a state slot that has a ``close`` timer
+        (a book's slot stands for the rules that judge from it too)."""
+        step_id, _, key = slot.partition("|")
+        step = self._closing.get(step_id)
+        return (step, step.key_kind, key) if step else None
 
     def close(self, slots: Iterable[str], state: MutableMapping[str, Any],
               midnight: datetime) -> "Detection":
-        """Run the ``close`` timer of each slot's rule (slots of other rules are
-        skipped), in slot order. Failures are reported as ``process`` reports them."""
+        """Run the ``close`` timer of each slot's rule or book (other slots are
+        skipped), in slot order; after a book, the rules that judge from it.
+        Failures are reported as ``process`` reports them."""
         detection = Detection([], [], {})
+        when = f"at {midnight.isoformat()}"
         for slot in sorted(slots):
             found = self.closing_slot(slot)
             stored = state.get(slot) if found else None
             if not stored:
                 continue
-            rule = found[0]
+            step, _, key = found
             before = stored["v"]
-            result = _guarded(detection, rule, lambda: rule.close(before, midnight),
-                              f"closing {slot} at {midnight.isoformat()}")
-            if result is None:
-                continue
-            after, fired = result
-            if after != before:
-                detection.updates[slot] = {"v": after, "at": stored["at"]}
-            detection.alerts.extend(fired)
+            if isinstance(step, Book):
+                after = _guarded(detection, step.book_id,
+                                 lambda: (step.close(before, midnight), []),
+                                 f"closing {slot} {when}")
+                if after is None:
+                    continue  # the rules must not judge a book that failed to roll
+                book = after[0]
+                if book != before:
+                    detection.updates[slot] = {"v": book, "at": stored["at"]}
+                for rule in self._readers.get(step.book_id, ()):
+                    own_slot = f"{rule.rule_id}|{key}"
+                    own = state.get(own_slot)
+                    self._close_one(detection, rule, own_slot, own, when,
+                                    lambda r=rule, v=own: r.close(v["v"] if v else None,
+                                                                  midnight, book))
+            else:
+                self._close_one(detection, step, slot, stored, when,
+                                lambda: step.close(before, midnight))
         return detection
+
+    @staticmethod
+    def _close_one(detection: "Detection", rule: Rule, slot: str, stored, when: str,
+                   step: Callable[[], tuple]) -> None:
+        result = _guarded(detection, rule.rule_id, step, f"closing {slot} {when}")
+        if result is None:
+            return
+        after, fired = result
+        if after != (stored["v"] if stored else None):
+            detection.updates[slot] = {"v": after, "at": stored["at"] if stored else {}}
+        detection.alerts.extend(fired)
 
     def routes(self, event: Any) -> list[tuple[str, str]]:
         """The (key kind, key) pairs this event must be delivered under."""
@@ -220,17 +299,23 @@ class DetectionCore:
         """
         detection = Detection([], [], {})
         part, offset = (str(position[0]), position[1]) if position else (None, None)
-        for rule in self._by_kind.get(kind, ()):
-            if not rule.wants(event):
+        # Books first: a rule of the same key may read them in the same record's close.
+        for step in self._by_kind.get(kind, ()):
+            if not step.wants(event):
                 continue
-            slot = f"{rule.rule_id}|{key}"
+            if isinstance(step, Book):
+                step_id = step.book_id
+                run = (lambda s=step: (s.apply(before, event), []))
+            else:
+                step_id = step.rule_id
+                run = (lambda s=step: s.apply(before, event))
+            slot = f"{step_id}|{key}"
             stored = state.get(slot)
             applied = stored["at"] if stored else {}
             if part is not None and applied.get(part, -1) >= offset:
                 continue  # already applied: a redelivery
             before = stored["v"] if stored else None
-            result = _guarded(detection, rule, lambda: rule.apply(before, event),
-                              "on this record")
+            result = _guarded(detection, step_id, run, "on this record")
             if result is None:
                 continue
             after, fired = result
@@ -259,15 +344,16 @@ class Detection:
     updates: dict[str, Any] = field(default_factory=dict)  # slot → new state envelope
 
 
-def _guarded(detection: Detection, rule: Rule, step: Callable[[], tuple], what: str
+def _guarded(detection: Detection, step_id: str, step: Callable[[], tuple], what: str
              ) -> tuple | None:
-    """Run one rule step; a rule that raises is reported in ``detection.failures``
-    (its state stays as it was) instead of stopping the other rules or the worker."""
+    """Run one rule or book step; one that raises is reported in
+    ``detection.failures`` (its state stays as it was) instead of stopping the other
+    rules or the worker."""
     try:
         return step()
     except Exception as exc:  # noqa: BLE001 - one rule's bug must not stop the rest
         detection.failures.append(
-            (rule.rule_id, f"rule {rule.rule_id} failed {what}: {type(exc).__name__}: {exc}"))
+            (step_id, f"rule {step_id} failed {what}: {type(exc).__name__}: {exc}"))
         return None
 
 

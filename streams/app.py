@@ -26,6 +26,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import MutableMapping
 from datetime import datetime
 
 import faust
@@ -36,7 +37,7 @@ from infra.broker import kafka_client_options
 from infra.config import Settings
 from infra.tansu import patch_faust_recovery
 from rules.alerts import SHANGHAI
-from rules.core import DetectionCore, load_rules
+from rules.core import Detection, DetectionCore, load_rules
 from rules.registry import Registry
 from sinks.store import AlertStore
 from streams.admission import admit
@@ -316,8 +317,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         async for item in stream.events():
             try:
                 message = orjson.loads(item.message.value)
-                for routed in message["items"]:
-                    await detect_one(routed)
+                await detect_batch(message["items"])
                 if "q" in message:
                     await advance(item.message.partition, message["q"], message["wm"])
             except Exception as exc:  # noqa: BLE001
@@ -359,14 +359,31 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         for ack in acks:
             await ack
 
-    async def detect_one(routed) -> None:
-        event = from_canonical(routed["event"])
-        detection = core.process(routed["kind"], routed["key"], event, rule_state,
-                                 position=tuple(routed["pos"]))
-        await send_alerts(detection)
-        core.commit(rule_state, detection)
-        flow["detected"] += 1
-        latency.record_since(routed.get("ts"), time.time())
+    async def detect_batch(batch) -> None:
+        """A batch's records against the rule state, through an overlay: each state
+        slot is written to the table (and its changelog) once per batch, not once
+        per record — a pool's book changes with every record of the pool, and the
+        changelog messages were the detect stage's main cost. The alerts of the
+        whole batch are acknowledged before any of its state is saved (see
+        DetectionCore.commit): a crash in between re-runs the batch."""
+        overlay = StateOverlay(rule_state)
+        alerts = []
+        for routed in batch:
+            detection = core.process(routed["kind"], routed["key"],
+                                     from_canonical(routed["event"]), overlay,
+                                     position=tuple(routed["pos"]))
+            core.commit(overlay, detection)
+            alerts.extend(detection.alerts)
+            if detection.failures:
+                await rule_failed(routed, detection)
+        await send_alerts(Detection(alerts, [], {}))
+        overlay.save()
+        now = time.time()
+        for routed in batch:
+            flow["detected"] += 1
+            latency.record_since(routed.get("ts"), now)
+
+    async def rule_failed(routed, detection) -> None:
         if detection.failures:
             topic, partition, offset = routed["src"].rsplit("/", 2)
             await dead_letter(
@@ -422,6 +439,41 @@ BATCH_POSITIONS = 1000  # > BATCH_RECORDS: (offset, index) packed into one numbe
 IDLE_CHECK_S = 1.0  # how often the source partitions' progress is looked at between batches
 IDLE_AFTER_S = 5.0  # a source partition unread since start and quiet this long is idle
 MAX_BATCH_BYTES = 256 * 1024
+
+
+class StateOverlay(MutableMapping):
+    """Writes kept in memory over a table until ``save``; reads see them first."""
+
+    def __init__(self, table) -> None:
+        self.table = table
+        self.changed: dict = {}
+
+    def __getitem__(self, key):
+        if key in self.changed:
+            return self.changed[key]
+        return self.table[key]
+
+    def get(self, key, default=None):
+        if key in self.changed:
+            return self.changed[key]
+        return self.table.get(key, default)
+
+    def __setitem__(self, key, value) -> None:
+        self.changed[key] = value
+
+    def __delitem__(self, key) -> None:
+        raise NotImplementedError("rule state is replaced, never deleted")
+
+    def __iter__(self):
+        return iter(set(self.table.keys()) | set(self.changed))
+
+    def __len__(self) -> int:
+        return len(set(self.table.keys()) | set(self.changed))
+
+    def save(self) -> None:
+        for key, value in self.changed.items():
+            self.table[key] = value
+        self.changed.clear()
 
 
 def iso_ms(ms: int) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from infra.config import Settings
 from sinks.store import AlertStore
-from streams.live import Watcher, produce, start_worker, stop_worker
+from streams.live import Watcher, produce, read_table_async, start_worker, stop_worker
 from streams.records import Rejected, parse
 from streams.watermark import event_ms, last_midnight, to_ms
 
@@ -108,7 +108,9 @@ async def _stream(settings: Settings, sim, worker, timeout_s: float, started: fl
     while time.monotonic() < deadline and store.count() < len(o.alerts):
         await watcher.poll(500)
     await watcher.stop()
-    return _summary(sim, o, store, total, done, time.monotonic() - started)
+    books = await read_table_async(settings, "rule-state", prefix="pool_fund|")
+    return _summary(settings, books, sim, o, store, total, done,
+                    time.monotonic() - started)
 
 
 def newest_event_ms(lines) -> int:
@@ -121,8 +123,44 @@ def newest_event_ms(lines) -> int:
     return newest
 
 
+POOL_RULES = ("pool_balance_low", "pool_deficit", "pool_expenditure_surge")
+
+
+def _pool_warnings(o) -> None:
+    """The fund early warnings: which pools run short, and how fast."""
+    pools = [a for a in o.alerts.values() if a["rule_id"] in POOL_RULES]
+    if not pools:
+        return
+    print("pool warnings (基金预警)")
+    rank = {"critical": 0, "warning": 1, "info": 2}
+    for a in sorted(pools, key=lambda a: (rank[a["severity"]], a["rule_id"],
+                                          a["subject"]["id"], a["window"]["start"])):
+        if a["severity"] == "info":
+            continue
+        print(f"  {a['severity']:<8}  {a['summary']}")
+        if len(a["regions"]) > 1:
+            print(f"            provincial level: {', '.join(a['regions'])}")
+    # Only the balance rule raises info alerts: idle money (结余过多), one line for all.
+    surplus = sorted(a["subject"]["id"] for a in pools if a["severity"] == "info")
+    if surplus:
+        print(f"  info      excessive surplus (结余过多): {', '.join(surplus)}")
+
+
+def _pools_table(settings: Settings, books: dict) -> None:
+    """The pools as the deployment holds them now (``fundwatch pools``)."""
+    from rules.registry import Registry
+    from sinks.balances import books_in, pool_lines, render_pools, with_registry_pools
+
+    registry = Registry.load(settings.pools_path) if settings.pools_path else None
+    books = with_registry_pools(books_in(books), registry)
+    print("pools now (fundwatch pools)")
+    for line in render_pools(pool_lines(books, registry)):
+        print("  " + line)
+
+
 def _findings(o) -> None:
     """The joint reviews and the siphon findings, as the centers would read them."""
+    _pool_warnings(o)
     joint = [a for a in o.alerts.values() if a.get("review") == "joint"]
     siphon = [a for a in o.alerts.values() if a["rule_id"] == "siphon_shift"]
     if joint:
@@ -145,7 +183,8 @@ def _findings(o) -> None:
                   f"¥{ev['fund_shifted']}")
 
 
-def _summary(sim, o, store: AlertStore, total: int, done: bool, elapsed: float) -> int:
+def _summary(settings: Settings, books: dict, sim, o, store: AlertStore, total: int, done: bool,
+             elapsed: float) -> int:
     reasons = o.reasons()
     by_rule = o.alerts_by_rule()
     truth_rules = Counter(t["anomaly"] for t in sim.truth if t.get("injected", True))
@@ -171,6 +210,7 @@ def _summary(sim, o, store: AlertStore, total: int, done: bool, elapsed: float) 
         print("  injected, not alerted: " + ", ".join(f"{a} ({n})" for a, n in
                                                   sorted(uncovered.items())))
     _findings(o)
+    _pools_table(settings, books)
     print(f"alert store          {store.url}  ({store.count():,} alerts)")
     print(f"elapsed              {elapsed:>9.1f} s")
     ok = done and unaccounted == 0 and store.count() == len(o.alerts)

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from infra.broker import kafka_client_options
 from infra.config import Settings
+from infra.tansu import true_end_offsets
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -241,3 +242,66 @@ class Watcher:
     async def stop(self) -> None:
         if self._consumer:
             await self._consumer.stop()
+
+
+def read_table(settings: Settings, table: str, prefix: str = "") -> dict[str, dict]:
+    """The current content of a running deployment's table, read from its changelog
+    topic from the beginning to its end (without a consumer group: the workers are
+    not disturbed). Keys starting with ``prefix`` only."""
+    return asyncio.run(read_table_async(settings, table, prefix))
+
+
+async def read_table_async(settings: Settings, table: str, prefix: str = ""
+                           ) -> dict[str, dict]:
+    topic = f"{settings.app_id}-{table}-changelog"
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                **kafka_client_options(settings))
+    await consumer.start()
+    content: dict[str, dict] = {}
+    try:
+        parts = [TopicPartition(topic, p)
+                 for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not parts:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - first contact
+            parts = [TopicPartition(topic, p)
+                     for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not parts:
+            return content
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        # The embedded broker under-reports ends (infra/tansu.py): confirm them, or
+        # the last writes of a partition would be missed and a stale value shown.
+        ends = await true_end_offsets(settings.bootstrap_servers,
+                                      await consumer.end_offsets(parts),
+                                      kafka_client_options(settings))
+        remaining = {tp for tp in parts if ends[tp] > 0}
+        empty_polls = 0
+        while remaining and empty_polls < 3:
+            batches = await consumer.getmany(timeout_ms=1000)
+            empty_polls = 0 if batches else empty_polls + 1
+            for tp, records in batches.items():
+                for record in records:
+                    key = _table_key(record.key)
+                    if key.startswith(prefix):
+                        if record.value is None:
+                            content.pop(key, None)
+                        else:
+                            content[key] = orjson.loads(record.value)
+                    if record.offset + 1 >= ends[tp]:
+                        remaining.discard(tp)
+            # (three empty polls in a row end the read: a partition cut short)
+    finally:
+        await consumer.stop()
+    return content
+
+
+def _table_key(raw: bytes | None) -> str:
+    """Faust writes a table's str keys JSON-encoded."""
+    if raw is None:
+        return ""
+    try:
+        key = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", "replace")
+    return key if isinstance(key, str) else raw.decode("utf-8", "replace")

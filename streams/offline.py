@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Iterable
 
 import orjson
@@ -83,9 +84,19 @@ class OfflinePipeline:
 
     def _advance(self) -> None:
         """Close the days the watermark has passed (see ``streams.watermark``)."""
-        if self.newest_ms is None or not self.core.has_timers:
+        if self.newest_ms is not None:
+            self._close_at(last_midnight(self.newest_ms - self.lateness_s * 1000))
+
+    def close_input(self) -> None:
+        """The input is complete (a historical stream, replayed whole): every day up to
+        and including the newest record's day is closed. A live worker never does
+        this: more records may always come."""
+        if self.newest_ms is not None:
+            self._close_at(last_midnight(self.newest_ms) + timedelta(days=1))
+
+    def _close_at(self, midnight: datetime) -> None:
+        if not self.core.has_timers:
             return
-        midnight = last_midnight(self.newest_ms - self.lateness_s * 1000)
         if self.closed_ms is not None and to_ms(midnight) <= self.closed_ms:
             return
         self.closed_ms = to_ms(midnight)

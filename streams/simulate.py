@@ -1705,14 +1705,17 @@ class _Builder:
             if ev.tag in ("bg", "anomaly", "reversal", "resettle"):
                 spent[ev.pool] += ev.fund
         monthly = [max(100000, int(x / days * 30.44)) for x in spent]  # fen, expected
-        thin = {("441500", "resident"): 1.6,  # and in deficit: critical (< 3 months)
-                ("445200", "resident"): 4.2}  # warning band (3-6 months)
+        planted = {("441500", "resident"): 1.6,  # and in deficit: critical (< 3 months)
+                   ("445200", "resident"): 4.2,  # warning band (3-6 months)
+                   ("440100", "employee"): 18.0}  # the capital's idle surplus (> 12 months)
         self.deficit_pool = self.pool_index[("441500", "resident")]
-        self.thin_pools = [self.pool_index[k] for k in thin]
+        self.thin_pools = [self.pool_index[k] for k, months in planted.items() if months < 6]
         factor = []
         pools_out = []
         for i, (region, ins) in enumerate(self.pools):
-            months = thin.get((region, ins)) or (rng.uniform(10, 16) if ins == "employee"
+            # Employee pools save faster (income ~1.45× spending): they start lower so
+            # that only the planted one is in surplus within a few months.
+            months = planted.get((region, ins)) or (rng.uniform(6.5, 9.5) if ins == "employee"
                                                   else rng.uniform(7, 10))
             # Margins above spending absorb a month's noise and the share paid up to
             # the adjustment fund (3-8%).

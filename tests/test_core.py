@@ -70,12 +70,18 @@ def test_a_failing_close_timer_is_dead_lettered_and_the_others_still_fire():
 
 
 def test_routes_follow_the_rules_key_kinds():
-    core = DetectionCore([UnfiledCrossRegion()])
+    core = DetectionCore([UnfiledCrossRegion()], books=[])
     from streams.records import parse
 
     assert core.routes(parse(unfiled(1))) == [("institution", "H440100001")]
     # A contribution has no institution: no rule of that kind sees it.
     assert core.routes(parse(orjson.dumps(contribution()))) == []
+    # By default the pool book is kept too: every record reaches its pool.
+    core = DetectionCore([UnfiledCrossRegion()])
+    assert core.routes(parse(unfiled(1))) == [("pool", "440900:resident"),
+                                              ("institution", "H440100001")]
+    assert core.routes(parse(orjson.dumps(contribution()))) == [
+        ("pool", f"{contribution()['pool_region']}:{contribution()['insurance_type']}")]
 
 
 def test_rule_parameters_are_validated_with_their_names():
