@@ -93,6 +93,9 @@ class PoolLine:
     month_expenditure: int
     months_of_payment: Fraction | None
     band: str
+    # the last complete month's daily expenditure against the pool's own trend
+    # (pool_expenditure_surge's measure): +0.12 = 12% above; None: too little history
+    vs_trend: float | None = None
 
 
 def band_of(mop: Fraction | None, rule, province: str) -> str:
@@ -110,14 +113,17 @@ def band_of(mop: Fraction | None, rule, province: str) -> str:
     return "ok"
 
 
-def pool_lines(books: Mapping[str, dict], registry=None, rule=None) -> list[PoolLine]:
+def pool_lines(books: Mapping[str, dict], registry=None, rule=None, surge=None
+               ) -> list[PoolLine]:
     """Each pool as of the newest month any book has: its balance now, that month's
     income and expenditure, and the months of payment as the balance rule measures
     them (the balance ÷ the mean of the trailing 12 complete months with settlements;
     before any month is complete, of the running one)."""
     from rules.builtin.pool_balance_low import PoolBalanceLow
+    from rules.builtin.pool_expenditure_surge import PoolExpenditureSurge
 
     rule = rule or PoolBalanceLow()
+    surge = surge or PoolExpenditureSurge()
     months = [m for book in books.values() for m in book["months"]]
     if not months:
         return []
@@ -133,8 +139,10 @@ def pool_lines(books: Mapping[str, dict], registry=None, rule=None) -> list[Pool
         mop = months_of_payment(balance, mean)
         entry = book["months"].get(current) or {"i": 0, "e": 0}
         name = (registry.pools.get(pool_key, {}).get("name", "") if registry else "") or ""
+        trend = surge.trend(book, previous_month(current)) if book["first"] else None
         lines.append(PoolLine(pool_key, name or region, balance, current, entry["i"],
-                              entry["e"], mop, band_of(mop, rule, region[:2])))
+                              entry["e"], mop, band_of(mop, rule, region[:2]),
+                              trend["excess"] if trend else None))
     return lines
 
 
@@ -142,11 +150,25 @@ def render_pools(lines: list[PoolLine]) -> list[str]:
     if not lines:
         return ["no pool has any record yet"]
     header = (f"{'pool':<18} {'name':<8} {'balance (¥)':>18} {'month':<7} "
-              f"{'income (¥)':>16} {'expenditure (¥)':>16} {'months':>7}  band")
+              f"{'income (¥)':>16} {'expenditure (¥)':>16} {'vs trend':>9} {'months':>7}"
+              "  band")
     out = [header, "-" * len(header)]
     for line in lines:
         mop = "-" if line.months_of_payment is None else f"{two_decimals(line.months_of_payment)}"
-        out.append(f"{line.pool:<18} {line.name:<8} {fen_to_yuan_str(line.balance):>18} "
+        trend = "-" if line.vs_trend is None else f"{line.vs_trend:+.0%}"
+        out.append(f"{line.pool:<18} {_pad(line.name, 8)} {fen_to_yuan_str(line.balance):>18} "
                    f"{line.month:<7} {fen_to_yuan_str(line.month_income):>16} "
-                   f"{fen_to_yuan_str(line.month_expenditure):>16} {mop:>7}  {line.band}")
+                   f"{fen_to_yuan_str(line.month_expenditure):>16} {trend:>9} {mop:>7}"
+                   f"  {line.band}")
+    out.append("(month: the newest month, running; vs trend: the last complete month's daily "
+               "expenditure against the pool's own trend; months: of payment, by the last "
+               "complete months)")
     return out
+
+
+def _pad(text: str, width: int) -> str:
+    """Left-justify for a terminal, where a Chinese character takes two columns."""
+    import unicodedata
+
+    used = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    return text + " " * max(0, width - used)

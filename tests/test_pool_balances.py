@@ -143,7 +143,7 @@ def test_pools_prints_a_table_of_balances_bands_and_the_provincial_layer(provinc
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line[:6].isdigit() and line[6] == ":"
              or line.startswith("pool ")]
-    assert table[0].split()[:3] == ["pool", "name", "balance"]
+    assert table[0].split()[:3] == ["pool", "name", "balance"] and "vs trend" in table[0]
     by_pool = {line.split()[0]: line for line in table[1:]}
     assert set(by_pool) == set(province["registry"].pools)
     assert by_pool["441500:resident"].endswith("critical")

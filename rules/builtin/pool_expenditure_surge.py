@@ -70,31 +70,23 @@ class PoolExpenditureSurge(Rule):
         """Judge each calendar month that ended by ``midnight`` and is not judged yet."""
         return close_months(state, midnight, book, lambda month: self._judge(book, month))
 
-    def _rate(self, book, month: str) -> float | None:
-        entry = book["months"].get(month)
-        if not entry or not entry["s"]:
-            return None
-        year, mon = int(month[:4]), int(month[5:])
-        days = calendar.monthrange(year, mon)[1]
-        if book["first"][:7] == month:  # the stream began within it
-            days -= date.fromisoformat(book["first"]).day - 1
-        return entry["e"] / days
-
-    def _judge(self, book, month: str) -> list[dict]:
-        pool = book["pool"]
-        region = pool.split(":")[0]
-        province = region[:2]
-        current = self._rate(book, month)
+    def trend(self, book, month: str) -> dict | None:
+        """The month's daily expenditure rate against the pool's own trend (see the
+        module doc): ``current``, ``projection``, ``excess``, ``z``, ``slope``,
+        ``relative_sd`` and the trend's ``history`` [(offset, month, rate)]; None when
+        there is too little history to say. ``fundwatch pools`` shows it too."""
+        province = book["pool"][:2]
+        current = _rate(book, month)
         if current is None:
-            return []
+            return None
         history = []
         for k in range(self.param("trend_months", province), 0, -1):
             m = previous_month(month, k)
-            rate = self._rate(book, m)
+            rate = _rate(book, m)
             if rate is not None:
                 history.append((-k, m, rate))
         if len(history) < self.param("min_trend_months", province):
-            return []
+            return None
         xs = [x for x, _, _ in history]
         ys = [y for _, _, y in history]
         mean = sum(ys) / len(ys)
@@ -108,11 +100,24 @@ class PoolExpenditureSurge(Rule):
         else:
             slope, fitted, projection, dof = 0.0, [mean] * len(ys), mean, len(ys) - 1
         if projection <= 0 or mean <= 0:
-            return []
+            return None
         sd = math.sqrt(sum((y - f) ** 2 for y, f in zip(ys, fitted)) / dof)
         relative_sd = max(sd / mean, self.param("min_relative_sd", province))
         excess = current / projection - 1
-        z = excess / relative_sd
+        return {"current": current, "projection": projection, "excess": excess,
+                "z": excess / relative_sd, "slope": slope, "relative_sd": relative_sd,
+                "history": history}
+
+    def _judge(self, book, month: str) -> list[dict]:
+        pool = book["pool"]
+        region = pool.split(":")[0]
+        province = region[:2]
+        found = self.trend(book, month)
+        if found is None:
+            return []
+        current, projection, excess, z = (found["current"], found["projection"],
+                                          found["excess"], found["z"])
+        slope, relative_sd, history = found["slope"], found["relative_sd"], found["history"]
         if excess <= self.param("min_excess", province) or z < self.param("min_z", province):
             return []
         severity = "critical" if excess > self.param("critical_excess", province) else "warning"
@@ -140,3 +145,15 @@ class PoolExpenditureSurge(Rule):
                 "min_z": self.param("min_z", province),
                 "settlement_count": entry["s"],
             })]
+
+
+def _rate(book, month: str) -> float | None:
+    """A month's expenditure per day (the stream's first month by the days it covers)."""
+    entry = book["months"].get(month)
+    if not entry or not entry["s"]:
+        return None
+    year, mon = int(month[:4]), int(month[5:])
+    days = calendar.monthrange(year, mon)[1]
+    if book["first"][:7] == month:  # the stream began within it
+        days -= date.fromisoformat(book["first"]).day - 1
+    return entry["e"] / days
