@@ -385,19 +385,92 @@ def discover() -> dict[str, tuple[type[Rule], str]]:
     return found
 
 
+def config_problems(config: Any, classes: Mapping[str, tuple[type[Rule], str]]) -> list[str]:
+    """Every problem of a ``[rules]`` configuration against the rules' declarations,
+    each as ``rules.<id>[.provinces.<pp>][.<param>]: what is wrong`` — all of them
+    at once, so a data engineer fixes a file in one pass rather than one per start.
+
+    >>> classes = discover()
+    >>> for problem in config_problems({"unfiled_cross_region": {"min_settlements": -3,
+    ...         "provinces": {"4501": {}}}, "no_such_rule": {}}, classes):
+    ...     print(problem.split(";")[0])
+    rules.no_such_rule: unknown rule id
+    rules.unfiled_cross_region.min_settlements: -3 is below the minimum 1
+    rules.unfiled_cross_region.provinces.4501: a province is its two-digit prefix (e.g. "44")
+    """
+    if not isinstance(config, Mapping):
+        return [f"rules: should be a table of rule tables, got {type(config).__name__}"]
+    problems = [f"rules.{rule_id}: unknown rule id; known: {', '.join(sorted(classes))}"
+                for rule_id in sorted(set(config) - set(classes))]
+    for rule_id in sorted(set(config) & set(classes)):
+        rule_cls, where = classes[rule_id][0], f"rules.{rule_id}"
+        conf = config[rule_id]
+        if not isinstance(conf, Mapping):
+            problems.append(f"{where}: should be a table of parameters, got "
+                            f"{type(conf).__name__}")
+            continue
+        found = _param_problems(rule_cls, {k: v for k, v in conf.items()
+                                         if k not in ("enabled", "provinces")}, where)
+        if not isinstance(conf.get("enabled", True), bool):
+            found.append(f"{where}.enabled: expected true or false, got {conf['enabled']!r}")
+        provinces = conf.get("provinces", {})
+        if not isinstance(provinces, Mapping):
+            found.append(f"{where}.provinces: should be a table of province tables")
+            provinces = {}
+        for province, values in provinces.items():
+            at = f"{where}.provinces.{province}"
+            if not (isinstance(province, str) and len(province) == 2 and province.isdigit()):
+                found.append(f'{at}: a province is its two-digit prefix (e.g. "44")')
+            elif not isinstance(values, Mapping):
+                found.append(f"{at}: should be a table of parameters")
+            else:
+                found += _param_problems(rule_cls, values, at)
+        if not found:
+            try:  # what only the rule itself can check: a combination, a table file
+                rule_cls(**{k: v for k, v in conf.items() if k != "enabled"})
+            except RuleConfigError as exc:
+                found.append(str(exc))
+            except Exception as exc:  # noqa: BLE001 - a rule's own check, reported as such
+                found.append(f"{where}: {type(exc).__name__}: {exc}")
+        problems += found
+    return problems
+
+
+def _param_problems(cls: type[Rule], values: Mapping[str, Any], where: str) -> list[str]:
+    problems = []
+    unknown = sorted(set(values) - set(cls.params))
+    if unknown:
+        problems.append(f"{where}: unknown parameter(s) {', '.join(unknown)}; known: "
+                        f"{', '.join(cls.params) or 'none'}")
+    for name in sorted(set(values) & set(cls.params)):
+        try:
+            cls.params[name].check(cls.rule_id, name, values[name])
+        except RuleConfigError as exc:  # the message names rules.<id>.<name>; say where
+            problems.append(f"{where}.{name}:{str(exc).split(':', 1)[1]}")
+    return problems
+
+
+def raise_config_problems(problems: list[str], source: str | None = None) -> None:
+    """One RuleConfigError naming the file (``source``) and every problem."""
+    if problems:
+        prefix = f"{source}: " if source else ""
+        if len(problems) == 1:
+            raise RuleConfigError(prefix + problems[0])
+        raise RuleConfigError(f"{len(problems)} problems in the rules configuration:\n"
+                              + "\n".join(f"  {prefix}{p}" for p in problems))
+
+
 def load_rules(config: Mapping[str, Mapping[str, Any]] | None = None,
-               registry: "Registry | None" = None) -> list[Rule]:
+               registry: "Registry | None" = None, source: str | None = None) -> list[Rule]:
     """Instantiate every discovered rule with its configured parameters.
 
     ``config`` maps rule_id → {"enabled": bool, <param>: value, "provinces":
     {"44": {<param>: value}}}; rules not named are enabled with their defaults.
+    ``source`` (the config file) prefixes every problem found.
     """
     config = dict(config or {})
     classes = discover()
-    unknown = set(config) - set(classes)
-    if unknown:
-        raise RuleConfigError(f"rules: unknown rule id(s) {', '.join(sorted(unknown))}; "
-                              f"known: {', '.join(sorted(classes))}")
+    raise_config_problems(config_problems(config, classes), source)
     rules = []
     for rule_id in sorted(classes):
         cls, _ = classes[rule_id]

@@ -76,7 +76,8 @@ def _ssl_context(settings: Settings):
 
 def build_app(settings: Settings, core: DetectionCore | None = None,
               store: AlertStore | None = None) -> faust.App:
-    core = core or DetectionCore(load_rules(settings.rules, registry=load_registry(settings)))
+    core = core or DetectionCore(load_rules(settings.rules, registry=load_registry(settings),
+                                             source=settings.config_path))
     patch_faust_recovery(settings.bootstrap_servers, kafka_client_options(settings))
     os.makedirs(os.path.join(settings.data_dir, settings.app_id), exist_ok=True)
     app = faust.App(

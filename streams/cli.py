@@ -185,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="measure the live path through the broker")
     p.add_argument("--quick", action="store_true", help="a short run (about a minute)")
 
+    from rules.commands import add_parser as add_rules_parser
+
+    add_rules_parser(sub)  # fundwatch rules list / explain / test / new / events
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s "
                         "%(message)s")
@@ -204,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             return _pools(args, settings)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "rules":
+            from rules.commands import run as run_rules
+
+            return run_rules(args, settings)
     except (ConfigError, RuleConfigError, RegistryError) as exc:
         print(f"fundwatch: configuration error: {exc}", file=sys.stderr)
         return 2

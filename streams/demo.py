@@ -165,12 +165,10 @@ def _findings(o) -> None:
     siphon = [a for a in o.alerts.values() if a["rule_id"] == "siphon_shift"]
     if joint:
         print("joint reviews (双地联查)")
-        for a in sorted(joint, key=lambda a: (a["evidence"]["current_window"]["end"],
+        # Any rule may call a joint review; each alert's own summary says what it found.
+        for a in sorted(joint, key=lambda a: (a["window"]["end"], a["rule_id"],
                                               a["subject"]["id"])):
-            ev = a["evidence"]
-            print(f"  {a['subject']['id']}  {a['severity']}  cross-province {ev['measure']} "
-                  f"¥{ev['current']} vs ¥{ev['baseline']} a week ({ev['growth']:+.0%}), "
-                  f"window to {ev['current_window']['end'][:10]}")
+            print(f"  {a['rule_id']}  {a['subject']['id']}  {a['severity']}  {a['summary']}")
             for region, duty in a["duties"].items():
                 print(f"      {region}: {duty}")
     if siphon:

@@ -35,7 +35,8 @@ def read_lines(path: str | Path) -> Iterator[bytes]:
 def replay_pipeline(settings, registry, lateness_s: int | None = None) -> OfflinePipeline:
     """An offline pipeline with every configured rule, whose pool books keep every
     month (the balances file lists them all; live workers keep two years)."""
-    core = DetectionCore(load_rules(settings.rules, registry=registry),
+    core = DetectionCore(load_rules(settings.rules, registry=registry,
+                                    source=settings.config_path),
                          books=[PoolBook(registry, keep_months=None)])
     return OfflinePipeline(core, lateness_s=(settings.allowed_lateness_s if lateness_s is None
                                              else lateness_s))

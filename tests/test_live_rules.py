@@ -56,36 +56,15 @@ def test_every_rule_fixture_live_equals_offline(broker, tmp_path):
     # fixtures both list keeps the first one's entry). The fixtures' streams mix
     # too, so the alerts are not each fixture's own: what is compared is that live
     # and offline agree on the same input.
-    registries = [merged_registry([f["registry"] for f in fixtures.values()
-                                   if "registry" in f])]
+    registry = merged_registry([f["registry"] for f in fixtures.values() if "registry" in f])
     pools = tmp_path / "pools.yaml"
-    if registries:
-        pools.write_text(yaml.safe_dump(registries[0], allow_unicode=True))
+    pools.write_text(yaml.safe_dump(registry, allow_unicode=True))
     records = [orjson.dumps(e) for f in fixtures.values() for e in f["events"]]
     events = sorted(records, key=lambda raw: event_ms(parse(raw)))  # stable: ties keep order
 
-    from infra.config import Settings
-
-    tag = uuid.uuid4().hex[:8]
-    settings = Settings.load(env={"FUNDWATCH_CONFIG": str(config)}).with_(
-        bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"r{tag}.",
-        app_id=f"rules-{tag}", partitions=1, data_dir=str(tmp_path / "data"),
-        db_url=f"sqlite:///{tmp_path / 'alerts.db'}",
-        pools_path=str(pools) if registries else None)
-    ensure_topics(broker.bootstrap_servers, settings)
-
-    registry = Registry.from_dict(registries[0]) if registries else None
-    offline = OfflinePipeline(DetectionCore(load_rules(settings.rules, registry=registry)))
-    offline.feed_all(events)
+    observed, offline = through_worker_and_offline(
+        broker, tmp_path, config, events, Registry.from_dict(registry), pools)
     assert offline.alerts, "the fixtures together should raise alerts"
-
-    worker = start_worker(settings, tmp_path / "worker.log")
-
-    try:
-        observed = asyncio.run(run_through_worker(settings, worker, events, len(events),
-                                                  timeout_s=120))
-    finally:
-        stop_worker(worker)
     assert set(observed.alerts) == set(offline.alerts)
     for alert_id, alert in offline.alerts.items():
         assert orjson.dumps(observed.alerts[alert_id], option=orjson.OPT_SORT_KEYS) == \
@@ -94,6 +73,29 @@ def test_every_rule_fixture_live_equals_offline(broker, tmp_path):
     # moved the watermark past in one call, and a rule states an alert once per call
     # (the replay closes them one by one). Never more (no crash here: no re-sends).
     assert len(offline.alerts) <= observed.alert_revisions <= len(offline.emitted)
+
+
+def through_worker_and_offline(broker, tmp_path, config, events, registry=None, pools=None):
+    """The same records through a live worker (one partition, its own topics) and the
+    offline driver, both with the rules of ``config``: (observed, offline pipeline)."""
+    from infra.config import Settings
+
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings.load(env={"FUNDWATCH_CONFIG": str(config)}).with_(
+        bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"r{tag}.",
+        app_id=f"rules-{tag}", partitions=1, data_dir=str(tmp_path / "data"),
+        db_url=f"sqlite:///{tmp_path / 'alerts.db'}",
+        pools_path=str(pools) if pools else None)
+    ensure_topics(broker.bootstrap_servers, settings)
+    offline = OfflinePipeline(DetectionCore(load_rules(settings.rules, registry=registry)))
+    offline.feed_all(events)
+    worker = start_worker(settings, tmp_path / "worker.log")
+    try:
+        observed = asyncio.run(run_through_worker(settings, worker, events, len(events),
+                                                  timeout_s=120))
+    finally:
+        stop_worker(worker)
+    return observed, offline
 
 
 def merged_registry(registries: list[dict]) -> dict:
@@ -112,3 +114,33 @@ def merged_registry(registries: list[dict]) -> dict:
                 seen_institutions.add(institution["id"])
                 out["institutions"].append(institution)
     return out
+
+
+def test_a_rule_shipped_as_a_package_runs_in_the_live_worker(broker, tmp_path, monkeypatch):
+    """A province's rule — one scaffolded file plus its fixture, in a package of its
+    own declared under the entry point group ``fundwatch.rules`` — is run by the live
+    worker with no edit anywhere in fundwatch, and gives the alert its fixture
+    expects, the same as the offline driver."""
+    from rules.commands import new_rule
+    from rules.fixtures import subset_diff
+    from tests.rule_package import declare_entry_points
+
+    site = tmp_path / "site"
+    name = f"shipped_{uuid.uuid4().hex[:8]}"
+    package = site / f"province_rules_{uuid.uuid4().hex[:8]}"
+    new_rule(name, package)
+    declare_entry_points(site, package, [name])
+    monkeypatch.setenv("PYTHONPATH", str(site))  # the worker process finds it there
+    monkeypatch.syspath_prepend(str(site))       # and so does this one (offline side)
+    assert name in discover()
+    fixture = json.loads((package / f"{name}.fixture.json").read_text(encoding="utf-8"))
+    config = tmp_path / "fundwatch.toml"
+    config.write_text("\n".join([f"[rules.{name}]"] + [
+        f"{k} = {_toml_value(v)}" for k, v in fixture["params"].items()]) + "\n")
+
+    events = [orjson.dumps(e) for e in fixture["events"]]
+    observed, offline = through_worker_and_offline(broker, tmp_path, config, events)
+    shipped = [a for a in observed.alerts.values() if a["rule_id"] == name]
+    assert [subset_diff(expected, a) for expected, a in zip(fixture["expect"], shipped)] \
+        == [[]] * len(fixture["expect"]) and len(shipped) == len(fixture["expect"]) >= 1
+    assert observed.alerts == offline.alerts

@@ -17,7 +17,7 @@ from rules.registry import Registry
 from streams.offline import OfflinePipeline
 from streams.records import parse
 from tests.factories import D0, at as _at, bill, dumps, reversal_of, settlement, weeks
-from tests.test_all_rules import JsonTable
+from rules.fixtures import JsonTable
 
 def run(rule, events, pipeline=None):
     """Feed contract records through the offline driver; (the rule's state for the
