@@ -29,7 +29,6 @@ planted) is a false positive by alert, though not by subject.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from datetime import date, datetime
@@ -38,7 +37,9 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from quality import arguments, command_line, rule_params  # noqa: E402
 from rules.builtin.cross_province_surge import CrossProvinceSurge  # noqa: E402
 from rules.builtin.siphon_shift import SiphonShift  # noqa: E402
 from rules.core import DetectionCore  # noqa: E402
@@ -49,21 +50,6 @@ from streams.simulate import simulate  # noqa: E402
 RULES = ("cross_province_surge", "siphon_shift")
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``"1-5"``, ``"3"``, ``"1,4,9-11"`` -> the seeds, in order, once each.
-
-    >>> parse_seeds("1-3,7,2")
-    [1, 2, 3, 7]
-    """
-    seeds: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
-        for s in range(int(lo), int(hi or lo) + 1):
-            if s not in seeds:
-                seeds.append(s)
-    if not seeds:
-        raise argparse.ArgumentTypeError(f"no seeds in {text!r}")
-    return seeds
 
 
 def _overlaps(a: dict, b: dict) -> bool:
@@ -147,29 +133,10 @@ def _print_detail(seed: int, info: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=parse_seeds, default=parse_seeds("1-5"),
-                    help="seeds to simulate: 1-5, 7, 1,3,8-10 (default 1-5)")
-    ap.add_argument("--days", type=int, default=125)
-    ap.add_argument("--scale", type=float, default=0.1)
-    ap.add_argument("--start", type=date.fromisoformat, default=date(2025, 3, 1))
-    ap.add_argument("--param", action="append", default=[], metavar="RULE.NAME=VALUE",
-                    help="a rule parameter, e.g. cross_province_surge.min_z=0 (repeatable)")
-    ap.add_argument("-v", "--verbose", action="store_true",
-                    help="list each seed's truth entries and alerts")
+    ap = arguments(__doc__.split("\n\n")[0], "1-5", "cross_province_surge.min_z=0")
     args = ap.parse_args(argv)
-    params: dict[str, dict] = {r: {} for r in RULES}
-    for item in args.param:
-        name, _, value = item.partition("=")
-        rule_id, _, key = name.partition(".")
-        if rule_id not in params:
-            ap.error(f"--param {item}: rule_id must be one of {', '.join(RULES)}")
-        params[rule_id][key] = orjson.loads(value)
-    seeds = ",".join(str(s) for s in args.seeds)
-    command = (f"python bench/surge_quality.py --seeds {seeds} --days {args.days} "
-               f"--scale {args.scale:g}" + (f" --start {args.start}"
-                                            if args.start != date(2025, 3, 1) else "")
-               + "".join(f" --param {p}" for p in args.param))
+    params = rule_params(ap, args, RULES)
+    command = command_line("bench/surge_quality.py", args)
     print(f"$ {command}")
     totals = {r: {} for r in RULES}
     leads: dict[str, list[float]] = {r: [] for r in RULES}

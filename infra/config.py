@@ -43,6 +43,7 @@ TOPICS = {
     "admit": "internal.admit",
     "detect": "internal.detect",
     "metrics": "internal.metrics",
+    "scores": "scores",  # what the online models scored (detectors/, `replay --scores-out`)
 }
 
 
@@ -74,6 +75,10 @@ class Settings:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     rules: Mapping = field(default_factory=dict)
+    # Alert delivery (sinks.routing): the [notify] table of the config file, and the
+    # key of the person pseudonyms notifications carry instead of person ids.
+    notify: Mapping = field(default_factory=dict, repr=False)  # its URLs carry tokens
+    notify_secret: str | None = field(default=None, repr=False)
 
     @property
     def embedded_broker(self) -> bool:
@@ -91,6 +96,13 @@ class Settings:
     def alert_store_url(self) -> str:
         return self.db_url or f"sqlite:///{Path('fundwatch-alerts.db').resolve()}"
 
+    def routing(self):
+        """The notification routes (``sinks.routing.Routing``); empty without [notify]."""
+        from sinks.routing import Routing
+
+        return Routing.from_config(self.notify, self.config_path or "[notify]",
+                                   secret=self.notify_secret)
+
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)
 
@@ -104,9 +116,12 @@ class Settings:
             values["config_path"] = path
         for f in fields(cls):
             var = "FUNDWATCH_" + f.name.upper()
-            if var in env and f.name not in ("rules", "config_path"):
+            if var in env and f.name not in ("rules", "notify", "config_path"):
                 values[f.name] = _coerce(f.name, env[var], var)
-        return cls(**values)
+        settings = cls(**values)
+        if settings.notify:
+            settings.routing()  # a wrong route stops start-up, naming file and key
+        return settings
 
 
 _INTS = {"partitions", "replication_factor", "allowed_lateness_s"}
@@ -136,7 +151,7 @@ def _read_file(path: Path) -> dict:
         raise ConfigError(f"{path}: config file named by FUNDWATCH_CONFIG does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    known = {f.name for f in fields(Settings)} - {"config_path"}
+    known = {f.name for f in fields(Settings)} - {"config_path", "notify"}
     section = doc.get("fundwatch", {})
     values = {}
     for key, raw in section.items():
@@ -148,4 +163,6 @@ def _read_file(path: Path) -> dict:
         values[key] = _coerce(key, raw, f"{path}: [fundwatch].{key}")
     if "rules" in doc:
         values["rules"] = doc["rules"]
+    if "notify" in doc:
+        values["notify"] = doc["notify"]
     return values

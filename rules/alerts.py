@@ -81,8 +81,26 @@ def previous_month(month: str, n: int = 1) -> str:
 
 
 def day_window(day: date) -> dict[str, str]:
-    start = datetime(day.year, day.month, day.day, tzinfo=SHANGHAI)
-    return {"start": start.isoformat(), "end": (start + timedelta(days=1)).isoformat()}
+    return days_window(day, day)
+
+
+def shanghai_day(moment: datetime) -> date:
+    """The calendar day (Asia/Shanghai) an aware moment falls on."""
+    return moment.astimezone(SHANGHAI).date()
+
+
+def day_start(day: date) -> str:
+    """Midnight at the start of ``day`` in Asia/Shanghai, as written in alerts."""
+    return datetime(day.year, day.month, day.day, tzinfo=SHANGHAI).isoformat()
+
+
+def days_window(first: date, last: date) -> dict[str, str]:
+    """The window from ``first`` 00:00 to the end of ``last`` (Asia/Shanghai).
+
+    >>> days_window(date(2025, 3, 1), date(2025, 3, 7))
+    {'start': '2025-03-01T00:00:00+08:00', 'end': '2025-03-08T00:00:00+08:00'}
+    """
+    return {"start": day_start(first), "end": day_start(last + timedelta(days=1))}
 
 
 def iso(moment: datetime) -> str:

@@ -27,10 +27,19 @@ of its key before any rule, keeps the book's state beside the rules' (slot
 ``close(state, midnight, book)`` of every rule that names it in ``book``. Such a
 rule has no ``apply``: it only judges.
 
+A rule with an online model (``shared = True``, e.g. ``phantom_bed``) keeps per-key
+state like any other, plus one *shared* state per detect partition — the model —
+which no single key owns. Its ``close_shared(shard, states, shared, midnight)`` is
+called once per partition at each close with the states of that partition's keys;
+the shared state lives in slot ``"<rule_id>|~<partition>"``. The partition of a key
+is the one the live worker's detect stage gives it (:func:`partition_of`, with the
+configured partition count ``partitions``), so the offline driver runs exactly the
+models the live workers run, each over the same keys.
+
 >>> from rules.core import DetectionCore, load_rules
 >>> core = DetectionCore(load_rules())
->>> sorted(core.key_kinds())
-['institution', 'pool']
+>>> {'institution', 'pool'} <= set(core.key_kinds())   # the kinds of key state is kept by
+True
 >>> [book.book_id for book in core.books]
 ['pool_fund']
 """
@@ -58,6 +67,24 @@ KEYS: dict[str, Callable[[Any], str | None]] = {
     "pool": lambda e: e.pool_key,
     "chain": lambda e: getattr(e, "chain_id", None),
 }
+
+
+#: Slots of a shared (per-partition) state: "<rule_id>|~<partition>". "~" sorts after
+#: every key a contract id can start with, and no id of the contract starts with it.
+SHARED = "~"
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as aiokafka's) gives a key:
+    the live worker sends each routed record to ``partition_of(b"<kind>:<key>")``, and
+    the offline driver needs the same answer to emulate per-partition models.
+
+    >>> partition_of(b"person:P1", 4), partition_of(b"person:P1", 1)
+    (3, 0)
+    """
+    from aiokafka.partitioner import murmur2  # pure Python, no I/O: safe in the core
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class RuleConfigError(ValueError):
@@ -122,6 +149,7 @@ class Rule:
     key_kind: ClassVar[str]
     params: ClassVar[Mapping[str, Param]] = {}
     book: ClassVar[str | None] = None  # the Book this rule judges from, if any
+    shared: ClassVar[bool] = False  # keeps a per-partition state too (close_shared)
 
     def __init__(self, registry: "Registry | None" = None,
                  provinces: Mapping[str, Mapping[str, Any]] | None = None,
@@ -172,10 +200,21 @@ class Rule:
         days' records when it is called). Rules without periods leave it alone."""
         return state, []
 
+    def close_shared(self, shard: int, states: Mapping[str, State], shared: State | None,
+                     midnight: datetime) -> tuple[dict[str, State], State | None,
+                                                  list[Alert], list[dict]]:
+        """For ``shared = True``: every day before ``midnight`` is complete. ``states``
+        maps each key of partition ``shard`` that has state to it; ``shared`` is the
+        partition's own state. Returns (key → new state for the keys it changed, the
+        new shared state, alerts, scores — ``{"settlement_id": ..., "scores": {...}}``
+        per scored record). Same duties as ``close``: idempotent, only days before
+        ``midnight`` may decide."""
+        raise NotImplementedError
+
     @classmethod
     def closes(cls) -> bool:
         """Whether the rule has a ``close`` timer."""
-        return cls.close is not Rule.close
+        return cls.close is not Rule.close or cls.shared
 
 
 class DetectionCore:
@@ -186,8 +225,11 @@ class DetectionCore:
     changelog on assignment.
     """
 
-    def __init__(self, rules: Iterable[Rule], books: Iterable[Book] | None = None) -> None:
+    def __init__(self, rules: Iterable[Rule], books: Iterable[Book] | None = None,
+                 partitions: int = 1) -> None:
         self.rules = list(rules)
+        # The detect stage's partition count: shared states are kept per partition.
+        self.partitions = partitions
         if books is None:
             from rules.pools import PoolBook
 
@@ -225,7 +267,9 @@ class DetectionCore:
         (a book's slot stands for the rules that judge from it too)."""
         step_id, _, key = slot.partition("|")
         step = self._closing.get(step_id)
-        return (step, step.key_kind, key) if step else None
+        if not step or key.startswith(SHARED):
+            return None
+        return step, step.key_kind, key
 
     def close(self, slots: Iterable[str], state: MutableMapping[str, Any],
               midnight: datetime) -> "Detection":
@@ -234,12 +278,17 @@ class DetectionCore:
         Failures are reported as ``process`` reports them."""
         detection = Detection([], [], {})
         when = f"at {midnight.isoformat()}"
+        shards: dict[tuple[str, int], dict[str, Any]] = {}
         for slot in sorted(slots):
             found = self.closing_slot(slot)
             stored = state.get(slot) if found else None
             if not stored:
                 continue
             step, _, key = found
+            if isinstance(step, Rule) and step.shared:
+                shard = partition_of(f"{step.key_kind}:{key}".encode(), self.partitions)
+                shards.setdefault((step.rule_id, shard), {})[key] = stored
+                continue
             before = stored["v"]
             if isinstance(step, Book):
                 after = _guarded(detection, step.book_id,
@@ -259,7 +308,32 @@ class DetectionCore:
             else:
                 self._close_one(detection, step, slot, stored, when,
                                 lambda: step.close(before, midnight))
+        for (rule_id, shard), stored in sorted(shards.items()):
+            self._close_shared(detection, self._closing[rule_id], shard, stored, state,
+                               midnight, when)
         return detection
+
+    @staticmethod
+    def _close_shared(detection: "Detection", rule: Rule, shard: int,
+                      stored: dict[str, Any], state: MutableMapping[str, Any],
+                      midnight: datetime, when: str) -> None:
+        shared_slot = f"{rule.rule_id}|{SHARED}{shard}"
+        shared = state.get(shared_slot)
+        result = _guarded(detection, rule.rule_id,
+                          lambda: rule.close_shared(shard, {k: v["v"] for k, v in stored.items()},
+                                                    shared["v"] if shared else None,
+                                                    midnight),
+                          f"closing partition {shard} {when}")
+        if result is None:
+            return
+        changed, new_shared, fired, scores = result
+        for key, value in changed.items():
+            detection.updates[f"{rule.rule_id}|{key}"] = {"v": value,
+                                                          "at": stored[key]["at"]}
+        if new_shared != (shared["v"] if shared else None):
+            detection.updates[shared_slot] = {"v": new_shared, "at": {}}
+        detection.alerts.extend(fired)
+        detection.scores.extend(scores)
 
     @staticmethod
     def _close_one(detection: "Detection", rule: Rule, slot: str, stored, when: str,
@@ -342,6 +416,8 @@ class Detection:
     alerts: list[Alert]
     failures: list[tuple[str, str]]  # (rule_id, message)
     updates: dict[str, Any] = field(default_factory=dict)  # slot → new state envelope
+    # {"settlement_id", "scores": {rule_id: score}} per record a model scored
+    scores: list[dict] = field(default_factory=list)
 
 
 def _guarded(detection: Detection, step_id: str, step: Callable[[], tuple], what: str

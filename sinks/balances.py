@@ -21,7 +21,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from rules.pools import (MonthRow, balance_at_month_end, blank_book, mean_monthly_expenditure,
+from rules.pools import (MonthRow, balance_at_month_end, balance_before_month, blank_book,
+                         mean_monthly_expenditure,
                          month_rows, month_span, months_of_payment, trailing_months,
                          two_decimals)
 from rules.alerts import previous_month
@@ -78,6 +79,59 @@ def write_balances_csv(rows: Iterable[MonthRow], path: str | Path) -> int:
             writer.writerow(csv_row(row))
             n += 1
     return n
+
+
+# --------------------------------------------------------------------------- daily timeline
+
+
+class DailyBalances:
+    """Each pool's balance at the end of every day, collected while a replay runs.
+
+    The books keep only the days the rules still judge, so the timeline is read as
+    days are closed: ``observe`` is the offline driver's ``on_close`` hook. A day with
+    no record keeps the balance of the day before. Months of payment are the balance
+    rule's measure (the balance ÷ the mean expenditure of the trailing 12 complete
+    months before the day's month that have settlements).
+
+    >>> from datetime import datetime
+    >>> from rules.alerts import SHANGHAI
+    >>> book = {"pool": "440900:resident", "opening": 1000_00, "first": "2025-01-30",
+    ...         "carried": [0, 0], "days": {"2025-01-30": [0, 300_00]},
+    ...         "months": {"2025-01": {"i": 0, "e": 300_00, "rev": 0, "out": 0, "in": 0,
+    ...                                "s": 4}}}
+    >>> timeline = DailyBalances()
+    >>> timeline.observe({"pool_fund|440900:resident": {"v": book}},
+    ...                  datetime(2025, 2, 2, tzinfo=SHANGHAI))
+    >>> timeline.pools["440900:resident"]
+    {'2025-01-30': (70000, None), '2025-01-31': (70000, None), '2025-02-01': (70000, Fraction(7, 3))}
+    """
+
+    def __init__(self) -> None:
+        self.pools: dict[str, dict[str, tuple[int, Fraction | None]]] = {}
+
+    def observe(self, state: Mapping[str, dict], midnight) -> None:
+        from datetime import date, timedelta
+
+        last = (midnight - timedelta(days=1)).date()
+        for pool_key, book in books_in(state).items():
+            if not book.get("first"):
+                continue
+            series = self.pools.setdefault(pool_key, {})
+            day = date.fromisoformat(max(series) if series else book["first"])
+            day += timedelta(days=1) if series else timedelta(0)
+            month, balance, mean = None, 0, None
+            while day <= last:
+                iso = day.isoformat()
+                if iso[:7] != month:  # a month's first day: its opening and baseline
+                    month = iso[:7]
+                    balance = balance_before_month(book, month) + sum(
+                        i - e for d, (i, e) in book["days"].items() if month <= d < iso)
+                    mean = mean_monthly_expenditure(book, trailing_months(
+                        previous_month(month)))
+                income, expenditure = book["days"].get(iso, (0, 0))
+                balance += income - expenditure
+                series[iso] = (balance, months_of_payment(balance, mean))
+                day += timedelta(days=1)
 
 
 # --------------------------------------------------------------------------- pools table

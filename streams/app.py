@@ -25,21 +25,24 @@ import logging
 import os
 import socket
 import ssl
+import threading
 import time
 from collections.abc import MutableMapping
 from datetime import datetime
 
 import faust
 import orjson
-from aiokafka.partitioner import murmur2
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from infra.broker import kafka_client_options
 from infra.config import Settings
 from infra.tansu import patch_faust_recovery
 from rules.alerts import SHANGHAI
-from rules.core import Detection, DetectionCore, load_rules
+# partition_of: a batch is sent to the partition its records' keys hash to, so the
+# table writes made while handling it land in the changelog partition they always did.
+from rules.core import Detection, DetectionCore, load_rules, partition_of  # noqa: F401
 from rules.registry import Registry
-from sinks.store import AlertStore
+from sinks.store import AlertStore, alert_problems
 from streams.admission import admit
 from streams.deadletter import deadletter_record
 from streams.latency import LatencyRecorder
@@ -77,7 +80,8 @@ def _ssl_context(settings: Settings):
 def build_app(settings: Settings, core: DetectionCore | None = None,
               store: AlertStore | None = None) -> faust.App:
     core = core or DetectionCore(load_rules(settings.rules, registry=load_registry(settings),
-                                             source=settings.config_path))
+                                             source=settings.config_path),
+                                 partitions=settings.partitions)
     patch_faust_recovery(settings.bootstrap_servers, kafka_client_options(settings))
     os.makedirs(os.path.join(settings.data_dir, settings.app_id), exist_ok=True)
     app = faust.App(
@@ -106,6 +110,9 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     alerts_topic = app.topic(settings.topic("alerts"), **RAW)
     deadletter_topic = app.topic(settings.topic("deadletter"), **RAW)
     metrics_topic = app.topic(settings.topic("metrics"), **RAW)
+    # What the online models scored (as `replay --scores-out` writes it): for
+    # monitoring model quality outside the program.
+    scores_topic = app.topic(settings.topic("scores"), **RAW)
 
     # settlement/contribution id → digest, amounts, person, source position
     ledger = app.Table("ledger", default=None, partitions=P)
@@ -341,6 +348,9 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                          iso_ms(low - lateness_ms), len(slots))
                 detection = core.close(slots, rule_state, midnight)
                 await send_alerts(detection)
+                for score in detection.scores:
+                    await scores_topic.send(key=score["settlement_id"].encode(),
+                                            value=orjson.dumps(score))
                 core.commit(rule_state, detection)
                 if detection.failures:
                     await dead_letter(
@@ -398,20 +408,77 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
 
         @app.agent(alerts_topic)
         async def alert_sink(stream):
-            """Alerts into the store; the upsert makes redelivery harmless."""
-            async for batch in stream.take(500, within=0.5):
-                alerts = [orjson.loads(v) for v in batch]
+            """Alerts into the store; the upsert makes redelivery harmless. A message
+            that is not alert/v1 goes to the dead-letter topic with its reasons (a
+            producer's bug must not stop the sink, nor be dropped unseen)."""
+            async for events in stream.take_events(500, within=0.5):
+                alerts = []
+                for item in events:
+                    msg = item.message
+                    problems = _alert_problems(msg.value)
+                    if problems:
+                        log.warning("alert at %s/%s/%s rejected: %s", msg.topic,
+                                    msg.partition, msg.offset, "; ".join(problems))
+                        await dead_letter(
+                            {"raw": msg.value, "topic": msg.topic, "partition": msg.partition,
+                             "offset": msg.offset, "key": msg.key},
+                            [Reason("invalid_alert", p) for p in problems], "alert_sink")
+                        continue
+                    alerts.append(orjson.loads(msg.value))
                 # The store being down must not lose alerts: hold the batch (and
                 # with it this partition) and retry until it is back.
                 delay = 0.5
-                while True:
+                while alerts:
                     try:
-                        alert_store.upsert_many(alerts)
+                        await asyncio.to_thread(alert_store.upsert_many, alerts)
                         break
-                    except Exception:  # noqa: BLE001
+                    except (OperationalError, InterfaceError):
                         log.exception("alert store unavailable; retrying in %.1f s", delay)
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 30.0)
+                    except Exception:  # noqa: BLE001
+                        # The database refused the data itself (a value it cannot
+                        # hold): store the batch one by one and dead-letter only
+                        # what it refuses, rather than retry a refusal forever.
+                        log.exception("alert store refused a batch; storing one by one")
+                        alerts = await store_one_by_one(alerts)
+
+        async def store_one_by_one(alerts: list[dict]) -> list[dict]:
+            """Returns the alerts still to store (the database went away meanwhile)."""
+            for i, alert in enumerate(alerts):
+                try:
+                    await asyncio.to_thread(alert_store.upsert, alert)
+                except (OperationalError, InterfaceError):
+                    return alerts[i:]
+                except Exception as exc:  # noqa: BLE001
+                    raw = orjson.dumps(alert)
+                    await dead_letter({"raw": raw, "topic": alerts_topic.get_topic_name(),
+                                       "partition": None, "offset": None,
+                                       "key": alert["alert_id"].encode()},
+                                      [Reason("store_refused", f"the alert store refused "
+                                              f"this alert ({type(exc).__name__}: {exc})")],
+                                      "alert_sink")
+            return []
+
+        routing = settings.routing()
+        if routing.routes:
+            from sinks.notify import Dispatcher
+
+            dispatcher = Dispatcher(alert_store, routing)
+            notify_stop = threading.Event()
+
+            # Every worker runs a dispatcher over the shared store; leases keep them
+            # from sending the same notification. Apprise blocks, so it runs in a
+            # thread of its own, away from the event loop.
+            @app.task
+            async def deliver_notifications():
+                thread = threading.Thread(target=dispatcher.run, args=(notify_stop,),
+                                          name="fundwatch-notify", daemon=True)
+                thread.start()
+
+            @app.on_before_shutdown.connect
+            def _stop_notifications(app, **kwargs) -> None:
+                notify_stop.set()
 
     @app.timer(1.0)
     async def publish_metrics():
@@ -481,13 +548,6 @@ def iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, SHANGHAI).isoformat(timespec="seconds")
 
 
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (murmur2, as aiokafka's) gives a key:
-    a batch is sent to the partition its records' keys hash to, so the table writes
-    made while handling it land in the changelog partition they always did."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
 def stop_hard(stage: str, exc: Exception) -> None:
     """A failure that is not one record's fault (a send that failed, a bug): stop the
     process at once, before Faust could commit offsets of a batch not passed on, so
@@ -500,6 +560,13 @@ def stop_hard(stage: str, exc: Exception) -> None:
 
 def load_registry(settings: Settings) -> Registry | None:
     return Registry.load(settings.pools_path) if settings.pools_path else None
+
+
+def _alert_problems(raw: bytes) -> list[str]:
+    try:
+        return alert_problems(orjson.loads(raw))
+    except orjson.JSONDecodeError as exc:
+        return [f"not JSON ({exc})"]
 
 
 def internal_error(exc: Exception) -> Reason:

@@ -56,9 +56,14 @@ DEMO_SCALE = 0.1
 def _demo(args, settings: Settings) -> int:
     from streams.demo import run_demo
 
-    return run_demo(settings, days=args.days, seed=args.seed, scale=args.scale,
+    code = run_demo(settings, days=args.days, seed=args.seed, scale=args.scale,
                     timeout_s=args.timeout,
                     out_dir=Path(args.out_dir))
+    if args.serve:
+        from streams.demo import serve_inbox
+
+        serve_inbox(settings, Path(args.out_dir), port=args.port)
+    return code
 
 
 def _load_registry(path: str | None, settings: Settings):
@@ -69,29 +74,82 @@ def _load_registry(path: str | None, settings: Settings):
 
 
 def _replay(args, settings: Settings) -> int:
-    from streams.replay import replay, summary_lines, write_alerts, write_balances
+    from streams.replay import (Period, Progress, kafka_records, replay, summary_lines,
+                                write_alerts, write_balances, write_scores)
 
-    missing = [flag for flag, value in (("--scores-out", args.scores_out),
-                                        ("--report", args.report)) if value]
-    if missing:
-        # Not built yet (the anomaly models and the HTML report are open issues):
-        # refuse rather than silently write nothing.
-        print(f"fundwatch replay: {', '.join(missing)} is not available in this version",
-              file=sys.stderr)
+    try:
+        period = Period.parse(args.from_, args.to)
+    except ValueError as exc:
+        print(f"fundwatch replay: {exc}", file=sys.stderr)
         return 2
-    registry = _load_registry(args.pools, settings)
+    topics = args.topic or ([settings.topic("settlements"), settings.topic("contributions")]
+                            if args.kafka else [])
+    if bool(topics) == bool(args.files):
+        print("fundwatch replay: give FILEs, or --kafka / --topic to read from the cluster "
+              "(not both)", file=sys.stderr)
+        return 2
+    if topics and settings.embedded_broker:
+        print("fundwatch replay: --kafka needs FUNDWATCH_BOOTSTRAP_SERVERS", file=sys.stderr)
+        return 2
     for path in args.files:
         if not Path(path).exists():
             print(f"fundwatch replay: {path}: no such file", file=sys.stderr)
             return 2
-    result = replay(args.files, settings, registry, close_input=not args.live_watermark)
+    registry = _load_registry(args.pools, settings)
+    source = kafka_records(settings, topics, period) if topics else None
+    progress = Progress(sum(Path(f).stat().st_size for f in args.files))
+    timeline = None
+    if args.report:
+        from sinks.balances import DailyBalances
+
+        timeline = DailyBalances()
+    result = replay(args.files, settings, registry, close_input=not args.live_watermark,
+                    period=period, progress=progress, timeline=timeline, source=source)
     write_alerts(result.alerts, args.alerts_out)
+    if args.scores_out:
+        n = write_scores(result.pipeline.scores, args.scores_out)
+        print(f"scores: {n} scored settlements in {args.scores_out}", file=sys.stderr)
     if args.balances_out:
         rows = write_balances(result, registry, args.balances_out)
         print(f"balances: {rows} pool-months in {args.balances_out}", file=sys.stderr)
+    if args.export:
+        from sinks.balances import balance_rows, books_in, with_registry_pools
+        from sinks.exports import write_exports
+
+        rows = balance_rows(with_registry_pools(books_in(result.pipeline.state), registry))
+        for path in write_exports(result.alerts, rows, args.export):
+            print(f"export: {path}", file=sys.stderr)
+    if args.report:
+        _write_report(args, settings, registry, result, period, topics)
+        print(f"report: {args.report}", file=sys.stderr)
     for line in summary_lines(result):
         print(line)
     return 0
+
+
+def _write_report(args, settings, registry, result, period, topics) -> None:
+    import hashlib
+    import shlex
+    from importlib.metadata import version
+
+    from sinks.report import Provenance, ReplayFacts, render_report
+
+    inputs = result.inputs or [{"source": t, "sha256": None, "records": 0} for t in topics]
+    if topics:  # a topic has no file to hash: the positions read stand in for it
+        inputs = [{"source": f"kafka topic {t}", "sha256": None, "records": result.lines}
+                  for t in topics]
+    pools_path = args.pools or settings.pools_path
+    provenance = Provenance(
+        version=version("fundwatch"),
+        command=" ".join(shlex.quote(a) for a in ["fundwatch", *args.argv]),
+        inputs=inputs,
+        registry={"path": pools_path, "sha256": hashlib.sha256(
+            Path(pools_path).read_bytes()).hexdigest()} if pools_path else None,
+        period=(period.start, period.end) if period else None,
+        lateness_s=settings.allowed_lateness_s, config_path=settings.config_path)
+    html = render_report(ReplayFacts(result.pipeline, result.lines, result.alerts, provenance,
+                                     registry, result.timeline, result.outside_period))
+    Path(args.report).write_text(html, encoding="utf-8")
 
 
 def _pools(args, settings: Settings) -> int:
@@ -152,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=180.0,
                    help="give up waiting for the pipeline after this many seconds")
     p.add_argument("--out-dir", default="demo-out", help="where the demo writes its files")
+    p.add_argument("--serve", action="store_true",
+                   help="after the run, leave the supervision centers' inbox running on "
+                        "the demo's store (prints its address and demo logins)")
+    p.add_argument("--port", type=int, default=8080, help="the inbox's port (with --serve)")
 
     p = sub.add_parser("worker", help="a stream worker against the configured cluster")
     p.add_argument("--loglevel", default="info")
@@ -166,13 +228,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file")
 
     p = sub.add_parser("replay", help="a historical stream through the detectors, offline")
-    p.add_argument("files", nargs="+", metavar="FILE", help="JSONL (or .jsonl.gz) input")
+    p.add_argument("files", nargs="*", metavar="FILE", help="JSONL (or .jsonl.gz) input")
     p.add_argument("--pools", help="the pool registry (pools/v1 YAML); default: "
                    "FUNDWATCH_POOLS_PATH")
     p.add_argument("--alerts-out", required=True, help="alert/v1 JSON lines")
     p.add_argument("--balances-out", help="one CSV row per pool and calendar month")
-    p.add_argument("--scores-out", help="(not available yet)")
-    p.add_argument("--report", help="(not available yet)")
+    p.add_argument("--scores-out", metavar="SCORES.jsonl",
+                   help="write one JSON line per settlement an online model scored: "
+                        '{"settlement_id": ..., "scores": {"phantom_bed": 0.93}}, in the '
+                        "order they were scored (deterministic)")
+    p.add_argument("--report", metavar="REPORT.html",
+                   help="a self-contained HTML report to hand on")
+    p.add_argument("--export", metavar="DIR",
+                   help="alerts and balances as CSV and Parquet (pandas) in DIR")
+    p.add_argument("--from", dest="from_", metavar="DATE",
+                   help="replay only records with event time from this day (Asia/Shanghai) "
+                        "or moment (with its offset)")
+    p.add_argument("--to", metavar="DATE",
+                   help="... up to the end of this day, or before this moment")
+    p.add_argument("--kafka", action="store_true",
+                   help="read the deployment's input topics instead of files (a fresh "
+                        "consumer group; live consumers are not disturbed)")
+    p.add_argument("--topic", action="append", default=[], metavar="TOPIC",
+                   help="read this topic (repeatable) instead of files")
     p.add_argument("--live-watermark", action="store_true",
                    help="do not close the last days at the end of the input: judge only "
                         "what a live worker would have judged by then")
@@ -189,7 +267,16 @@ def main(argv: list[str] | None = None) -> int:
 
     add_rules_parser(sub)  # fundwatch rules list / explain / test / new / events
 
+    from sinks.commands import add_parser as add_alerts_parser
+
+    add_alerts_parser(sub)  # fundwatch alerts list / show / ack / resolve / dismiss / ...
+
+    from sinks.inbox_commands import add_parsers as add_inbox_parsers
+
+    add_inbox_parsers(sub)  # fundwatch serve / users add / list / token
+
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for the report
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s "
                         "%(message)s")
     try:
@@ -212,6 +299,14 @@ def main(argv: list[str] | None = None) -> int:
             from rules.commands import run as run_rules
 
             return run_rules(args, settings)
+        if args.command == "alerts":
+            from sinks.commands import run as run_alerts
+
+            return run_alerts(args, settings)
+        if args.command in ("serve", "users"):
+            from sinks import inbox_commands
+
+            return getattr(inbox_commands, args.command)(args, settings)
     except (ConfigError, RuleConfigError, RegistryError) as exc:
         print(f"fundwatch: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -3,14 +3,24 @@
 Starts the embedded broker (unless a cluster is configured) and a worker, streams
 a synthetic province through Kafka at speed, prints each alert as it fires and a
 live count, and ends with a summary that reconciles every input record.
+
+The worker stores its alerts; the demo plays the supervision centers too: it
+starts a local JSON webhook (``sinks.webhook``) and delivers the stored alerts to
+it through the notification outbox (``sinks.notify``) — Guangdong's route takes
+warnings and worse for every ``44`` region, at most 5 messages per 10 s (a burst
+becomes digests), Guangxi's route takes the insured side of the joint reviews — so
+each notification is printed as it arrives, persons only as pseudonyms.
 """
 from __future__ import annotations
 
 import asyncio
+import io
+import secrets
 import shutil
 import sys
+import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from infra.config import Settings
@@ -29,6 +39,63 @@ def _print_alert(alert: dict, previous: dict | None) -> None:
     print(f"  {SEVERITY_MARK[alert['severity']]} {verb:9} {alert['severity']:8} "
           f"{alert['rule_id']:22} {','.join(alert['regions'])}  {alert['summary']}",
           flush=True)
+
+
+class DemoCenters:
+    """The demo's two supervision centers: routes to a local webhook, and a
+    dispatcher delivering the store's alerts to it while the stream runs."""
+
+    def __init__(self, settings: Settings) -> None:
+        from sinks.webhook import WebhookReceiver
+
+        # A fresh key per run unless one is configured: the demo's pseudonyms mean
+        # nothing outside it.
+        self.secret = settings.notify_secret or secrets.token_hex(16)
+        self.hook = WebhookReceiver("/", on_message=self._arrived)
+        self.example: dict | None = None
+        self.stop_event = threading.Event()
+
+    def _arrived(self, message: dict) -> None:
+        if self.example is None and "joint (双地联查)" in message["message"] \
+                and message["_path"] == "/guangxi":
+            self.example = message
+        print(f"  ✉ {message['_path'][1:]:<9} {message['title']}", flush=True)
+
+    def start(self, db_url: str) -> "DemoCenters":
+        from sinks.notify import Dispatcher
+        from sinks.routing import Routing
+
+        self.hook.start()
+        self.routing = Routing.from_config({"retry_base_s": 1, "retry_max_s": 5, "routes": [
+            {"name": "guangdong", "regions": ["44"], "min_severity": "warning",
+             "urls": [self.hook.url_for("json", "/guangdong")], "max_messages": 5,
+             "per_s": 10},
+            {"name": "guangxi", "regions": ["45"],
+             "urls": [self.hook.url_for("json", "/guangxi")]}]}, "demo", secret=self.secret)
+        self.store = AlertStore(db_url)
+        self.dispatcher = Dispatcher(self.store, self.routing)
+        self.thread = threading.Thread(target=self.dispatcher.run, args=(self.stop_event, 0.5),
+                                       name="demo-notify", daemon=True)
+        self.thread.start()
+        return self
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait until every stored alert is routed and every notification sent (a
+        digest held by the rate limit goes when its window frees); the backlog left."""
+        deadline = time.monotonic() + timeout_s
+        backlog = self.dispatcher.backlog()
+        while backlog and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            backlog = self.dispatcher.backlog()
+        return backlog
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if getattr(self, "thread", None):
+            self.thread.join(10)
+        self.hook.stop()
+        if getattr(self, "store", None):
+            self.store.dispose()
 
 
 def run_demo(settings: Settings, days: int, seed: int, timeout_s: float, out_dir: Path,
@@ -61,15 +128,63 @@ def run_demo(settings: Settings, days: int, seed: int, timeout_s: float, out_dir
                               pools_path=settings.pools_path or str(paths["pools"]))
     worker = start_worker(settings, out_dir / "worker.log")
     print(f"worker started (pid {worker.pid}, log {out_dir / 'worker.log'})", flush=True)
+    centers = DemoCenters(settings)
     try:
-        return asyncio.run(_stream(settings, sim, worker, timeout_s, started))
+        centers.start(db_url)
+        print(f"supervision centers' webhook on http://127.0.0.1:{centers.hook.port} "
+              "(routes: guangdong = 44*, warning and up, 5 messages per 10 s; guangxi = 45*)",
+              flush=True)
+        code = asyncio.run(_stream(settings, sim, worker, timeout_s, started, centers))
     finally:
+        centers.stop()
         stop_worker(worker)
         if broker:
             broker.stop()
+    _auditor_replay(settings, paths, out_dir)
+    return code
 
 
-async def _stream(settings: Settings, sim, worker, timeout_s: float, started: float) -> int:
+def _auditor_replay(settings: Settings, paths: dict, out_dir: Path) -> None:
+    """What an auditor gets from the same stream offline: the alerts (the same as the
+    live worker's, which the store holds) and the report to hand on."""
+    from importlib.metadata import version
+
+    from rules.registry import Registry
+    from sinks.balances import DailyBalances
+    from sinks.report import Provenance, ReplayFacts, render_report
+    from streams.replay import replay
+
+    registry = Registry.load(settings.pools_path)
+    result = replay([str(paths["events"])], settings, registry, close_input=False,
+                    report=io.StringIO(), timeline=DailyBalances())
+    live = {row["alert"]["alert_id"]: row["alert"]
+            for row in AlertStore(settings.db_url).list_alerts()}
+    offline = {a["alert_id"]: a for a in result.alerts}
+    same = sum(1 for k, a in offline.items() if live.get(k) == a)
+    report = out_dir / "report.html"
+    command = (f"fundwatch replay {paths['events']} --pools {settings.pools_path} "
+               f"--alerts-out ALERTS.jsonl --report {report} --live-watermark")
+    report.write_text(render_report(ReplayFacts(
+        result.pipeline, result.lines, result.alerts,
+        Provenance(version("fundwatch"), command=command, inputs=result.inputs,
+                   lateness_s=settings.allowed_lateness_s),
+        registry, result.timeline)), encoding="utf-8")
+    print(f"auditor's replay     {len(offline):>9,}   alerts offline (fundwatch replay); "
+          f"{same:,} identical to the store's, id and content")
+    # Known margin (README "Delivery guarantees"): the person rules judge a stay when it
+    # arrives, so a stay reversed before its partner arrived live never alerted there,
+    # while the replay raised the overlap and then withdrew it.
+    withdrawn_only = sorted(k for k in set(offline) - set(live)
+                            if offline[k]["evidence"].get("withdrawn"))
+    if withdrawn_only:
+        print(f"  withdrawn offline only: {len(withdrawn_only)} "
+              f"({', '.join(offline[k]['rule_id'] for k in withdrawn_only)}: raised and "
+              "withdrawn in the replay, never raised live — the stay was reversed first)")
+    print(f"  report             {report}  (open it in a browser)")
+
+
+async def _stream(settings: Settings, sim, worker, timeout_s: float, started: float,
+                  centers: DemoCenters) -> int:
     watcher = Watcher(settings, on_alert=_print_alert)
     await watcher.start()
     total = len(sim.events)
@@ -108,9 +223,10 @@ async def _stream(settings: Settings, sim, worker, timeout_s: float, started: fl
     while time.monotonic() < deadline and store.count() < len(o.alerts):
         await watcher.poll(500)
     await watcher.stop()
+    backlog = await centers.drain(30)
     books = await read_table_async(settings, "rule-state", prefix="pool_fund|")
     return _summary(settings, books, sim, o, store, total, done,
-                    time.monotonic() - started)
+                    time.monotonic() - started, centers, backlog)
 
 
 def newest_event_ms(lines) -> int:
@@ -169,7 +285,7 @@ def _findings(o) -> None:
         for a in sorted(joint, key=lambda a: (a["window"]["end"], a["rule_id"],
                                               a["subject"]["id"])):
             print(f"  {a['rule_id']}  {a['subject']['id']}  {a['severity']}  {a['summary']}")
-            for region, duty in a["duties"].items():
+            for region, duty in (a.get("duties") or {}).items():
                 print(f"      {region}: {duty}")
     if siphon:
         print("siphon to the capital (虹吸效应)")
@@ -181,8 +297,28 @@ def _findings(o) -> None:
                   f"¥{ev['fund_shifted']}")
 
 
+def _notifications(centers: DemoCenters, backlog: int) -> None:
+    """What reached the centers, and one message as it left: persons as pseudonyms."""
+    from sinks.notify import outbox_status
+
+    messages = centers.hook.messages()
+    digests = sum(1 for m in messages if "digest:" in m["title"])
+    told = {}
+    for row in outbox_status(centers.store, centers.routing):
+        told[row["channel"]] = row
+    print(f"notifications        {len(messages):>9,}   messages to the local webhook "
+          f"({digests} digests), {backlog} left in the outbox")
+    for channel, row in told.items():
+        print(f"      {channel:28} {row['sent']:>6,}   alerts told"
+              + (f", {row['pending']} pending" if row["pending"] else ""))
+    if centers.example:
+        print("  a joint review as the insured side's channel received it:")
+        for line in (centers.example["title"] + "\n" + centers.example["message"]).splitlines():
+            print("    │ " + line)
+
+
 def _summary(settings: Settings, books: dict, sim, o, store: AlertStore, total: int, done: bool,
-             elapsed: float) -> int:
+             elapsed: float, centers: DemoCenters | None = None, backlog: int = 0) -> int:
     reasons = o.reasons()
     by_rule = o.alerts_by_rule()
     truth_rules = Counter(t["anomaly"] for t in sim.truth if t.get("injected", True))
@@ -199,9 +335,17 @@ def _summary(settings: Settings, books: dict, sim, o, store: AlertStore, total: 
     unaccounted = total - o.accounted
     print(f"  unaccounted        {unaccounted:>9,}" + ("" if done else "   (timed out)"))
     print(f"alerts               {len(o.alerts):>9,}   ({o.alert_revisions:,} revisions)")
+    # Planted cases are counted by subject (a pool planted low is one case however many
+    # months the truth lists it), and a case counts as found when its subject alerted.
+    planted: dict[str, set] = defaultdict(set)
+    for t in sim.truth:
+        if t.get("injected", True) and "subject" in t:
+            planted[t["anomaly"]].add(t["subject"]["id"])
     for rule, n in sorted(by_rule.items()):
-        injected = truth_rules.get(rule, 0)
-        print(f"      {rule:28} {n:>6,}   (injected in the simulation: {injected})")
+        alerted = {a["subject"]["id"] for a in o.alerts.values() if a["rule_id"] == rule}
+        found = len(planted[rule] & alerted)
+        print(f"      {rule:28} {n:>6,}   (planted in the simulation: {len(planted[rule])}, "
+              f"{found} of them alerted)")
     uncovered = {a: n for a, n in truth_rules.items() if a not in by_rule
                  and a not in ("malformed", "duplicate", "conflicting_duplicate")}
     if uncovered:
@@ -210,8 +354,54 @@ def _summary(settings: Settings, books: dict, sim, o, store: AlertStore, total: 
     _findings(o)
     _pools_table(settings, books)
     print(f"alert store          {store.url}  ({store.count():,} alerts)")
+    if centers is not None:
+        _notifications(centers, backlog)
     print(f"elapsed              {elapsed:>9.1f} s")
-    ok = done and unaccounted == 0 and store.count() == len(o.alerts)
+    ok = done and unaccounted == 0 and store.count() == len(o.alerts) and backlog == 0
     if not ok:
-        print("demo FAILED: not every record was accounted for or stored", file=sys.stderr)
+        print("demo FAILED: not every record was accounted for, stored or notified",
+              file=sys.stderr)
     return 0 if ok else 1
+
+
+# The inbox after the run (``fundwatch demo --serve``): the two sides of the demo's
+# joint reviews (Maoming treats, Nanning insures) and an auditor.
+DEMO_USERS = (("maoming", "440900", "center"), ("nanning", "450100", "center"),
+              ("auditor", "44", "auditor"))
+
+
+def serve_inbox(settings: Settings, out_dir: Path, host: str = "127.0.0.1",
+                port: int = 8080) -> None:
+    """Leave the supervision centers' inbox running on the demo's store, with fresh
+    passwords for the demo logins, until Ctrl-C."""
+    import uvicorn
+
+    from sinks.access import Users
+    from sinks.inbox import PoolSource, create_app
+
+    db_url = settings.db_url or f"sqlite:///{(out_dir / 'alerts.db').resolve()}"
+    store = AlertStore(db_url)
+    users = Users(store)
+    logins = []
+    for name, region, role in DEMO_USERS:
+        password = secrets.token_urlsafe(9)
+        if users.get(name) is None:
+            users.add(name, region=region, role=role, password=password)
+        else:
+            users.set_password(name, password)
+        logins.append((name, password, role, region))
+    events = out_dir / "province.jsonl"
+    registry = out_dir / "province.pools.yaml"
+    pools = PoolSource(settings.with_(bootstrap_servers=None), files=[str(events)],
+                       pools_path=str(registry) if registry.exists() else None)
+    app = create_app(store, pseudonym_key=settings.notify_secret, pools=pools)
+    print()
+    print(f"── the supervision centers' inbox: http://{host}:{port}/  (Ctrl-C to stop)")
+    for name, password, role, region in logins:
+        print(f"   login {name:<8} password {password:<14} {role} of {region}")
+    print("   (passwords are new for each run; `fundwatch users add` makes real users)",
+          flush=True)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        store.dispose()

@@ -34,7 +34,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
                  "data_dir", "session_timeout_s", "rebalance_timeout_s",
                  "heartbeat_interval_s", "security_protocol", "sasl_mechanism",
                  "sasl_username", "sasl_password", "ssl_cafile", "ssl_certfile",
-                 "ssl_keyfile", "replication_factor"):
+                 "ssl_keyfile", "replication_factor", "notify_secret"):
         value = getattr(settings, name)
         if value is not None:
             env["FUNDWATCH_" + name.upper()] = str(value)
@@ -126,6 +126,7 @@ class Observed:
     latency: dict[str, dict] = field(default_factory=dict)  # worker → latest summary
     flow: dict[str, tuple] = field(default_factory=dict)  # worker → (counts, seen at)
     closed: dict[str, int] = field(default_factory=dict)  # detect partition → midnight (ms)
+    scores: dict[str, dict] = field(default_factory=dict)  # settlement id → model scores
 
     def count(self, outcome: str) -> int:
         return sum(v for k, v in self.admit_counts.items() if k.endswith("/" + outcome))
@@ -192,7 +193,7 @@ class Watcher:
                                           **kafka_client_options(s))
         await self._consumer.start()
         parts = [TopicPartition(t, p) for t in (s.topic("alerts"), s.topic("deadletter"),
-                                               s.topic("metrics"))
+                                               s.topic("metrics"), s.topic("scores"))
                  for p in range(s.partitions)]
         self._consumer.assign(parts)
         await self._consumer.seek_to_beginning(*parts)
@@ -209,6 +210,8 @@ class Watcher:
                     o.alert_revisions += 1
                     if self.on_alert:
                         self.on_alert(value, previous)
+                elif tp.topic == s.topic("scores"):
+                    o.scores[value["settlement_id"]] = value["scores"]
                 elif tp.topic == s.topic("deadletter"):
                     # At-least-once: a record redelivered after a crash may be
                     # dead-lettered twice; its source position identifies it.

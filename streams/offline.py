@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import orjson
 
@@ -33,16 +33,23 @@ class OfflinePipeline:
     alerts: dict[str, dict] = field(default_factory=dict)  # alert_id → latest revision
     emitted: list[dict] = field(default_factory=list)  # every revision, in order
     deadletters: list[dict] = field(default_factory=list)
+    # What the models scored, in the order they scored it ({"settlement_id", "scores"})
+    scores: list[dict] = field(default_factory=list)
     lateness_s: int = DEFAULT_LATENESS_S
     newest_ms: int | None = None  # the newest event time seen (the one channel's mark)
     closed_ms: int | None = None  # the last midnight the closing rules were called for
     _position: int = 0  # the offline stream's own offsets, as a partition's are live
+    # Called as on_close(state, midnight) after each close is committed: what only a
+    # replay wants to see between closes (the days' balances a report draws).
+    on_close: Callable[[dict, datetime], None] | None = None
 
     def feed(self, raw: bytes, *, source: str | None = None, topic: str | None = None,
-             partition: int | None = None, offset: int | None = None) -> str:
-        """Run one input record through every stage; return its outcome."""
+             partition: int | None = None, offset: int | None = None,
+             parsed: Any = None) -> str:
+        """Run one input record through every stage; return its outcome. ``parsed``:
+        the record already parsed by the caller (a replay filtering by period)."""
         try:
-            event = parse(raw)
+            event = parsed if parsed is not None else parse(raw)
         except Rejected as exc:
             return self._reject(raw, exc.reasons, "validate", topic, partition, offset)
         try:
@@ -102,11 +109,14 @@ class OfflinePipeline:
         self.closed_ms = to_ms(midnight)
         detection = self.core.close(list(self.state), self.state, midnight)
         self.core.commit(self.state, detection)
+        self.scores.extend(detection.scores)
         for alert in detection.alerts:
             self.emitted.append(alert)
             self.alerts[alert["alert_id"]] = alert
         if detection.failures:
             self._rule_failures(timer_record(midnight), detection.failures, None, None, None)
+        if self.on_close is not None:
+            self.on_close(self.state, midnight)
 
     def feed_all(self, lines: Iterable[bytes]) -> "OfflinePipeline":
         for number, line in enumerate(lines, 1):

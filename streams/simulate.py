@@ -20,13 +20,22 @@ baseline), phantom bed stays, overlapping stays, split
 admissions, a pharmacy chain with inflated claims across provinces, a siphon shift of
 one pool's inpatients to the capital's tertiary hospitals (in the last full calendar
 month that follows three full months, if the period has one), a pool driven into
-deficit and thin pools, malformed records, exact and conflicting duplicates.
+deficit and thin pools, malformed records, exact and conflicting duplicates. With
+three weeks or more, varied cases for the deterministic companions (overlapping
+stays sharing one night, nested, across provinces; split admissions on the day of
+discharge, on the 15th day, coded one digit apart, away from home; a second chain
+inflating one province's invoices or billing harvested cards in two provinces) and
+their look-alikes (same-day transfers, a reversed overlap, readmissions too late,
+for another condition, elsewhere or planned, a one-province chain's jump, a
+traveller), see ``_inject_companions``.
 
 Truth entries: ``{"anomaly": rule_id, "subject": {"kind", "id"}, "regions",
 "window": {"start", "end"}, "settlement_ids", "note", "expected"?}``; pool findings
 carry ``"injected": true|false`` (every month the contract's balances flag is listed,
-planted or not); ``{"anomaly": "malformed", "expected_reason": code, "line": n}`` for
-bad lines; ``duplicate``/``conflicting_duplicate`` entries give ``line`` and
+planted or not), and so do overlapping stays and split admissions the data shows
+without being planted (``false``); ``{"anomaly": "lookalike", "rule_id": ...,
+"injected": false, ...}`` (same shape) is a case the rule must *not* flag;
+``{"anomaly": "malformed", "expected_reason": code, "line": n}`` for bad lines; ``duplicate``/``conflicting_duplicate`` entries give ``line`` and
 ``original_line``. Lines are numbered from 1, as ``fundwatch validate`` numbers them.
 
 Money flows: contributions are remitted every workday (the resident fiscal subsidy on
@@ -562,6 +571,10 @@ class _Builder:
         # After the stream noise, which it leaves as it was: no moved stay is reversed
         # or corrupted, and the noise phases draw what they drew without it.
         self._inject_siphon()
+        self._inject_companions()
+        self._inject_phantoms()
+        self._incidental_truth()
+        self._coding_against_the_knowledge_table()
         registry = self._money_flows()
         self._assign_ids()
         lines = self._serialise()
@@ -1589,6 +1602,516 @@ class _Builder:
                          "baseline_months": [{"month": m, "stays": n, "capital_stays": c}
                                              for m, (n, c) in zip(months, base)],
                          "z": round(z, 2)}})
+
+    # ------------------------------------------------------------------ companion cases
+    def _inject_companions(self) -> None:
+        """(g) Varied cases for the deterministic companions, and their look-alikes.
+
+        Planted after the stream noise (which they do not change) on persons with no
+        other stay within three weeks and no visit while in bed, so each story is what
+        its truth entry says. Overlapping stays: one shared night, a short stay nested
+        in a long one, a cross-province pair, two hospitals of one city. Split
+        admissions: readmitted the day of discharge, on the 15th day, for the other
+        code of the same category, away from home. Look-alikes the rules must leave
+        alone (truth ``"anomaly": "lookalike"`` with the ``rule_id``): a same-day
+        transfer, an overlap reversed (冲正), readmissions after 16+ days, for another
+        condition, at another hospital, and planned chemotherapy cycles (Z51).
+        Chains: one of the clean chains that span provinces (PCH001, PCH003) turns
+        bad in one of two quieter ways — its branches of one province inflate
+        invoices, or it bills a handful of harvested cards in two provinces within
+        hours — while a one-province chain's claims jump (out of the rule's scope) and
+        a traveller buys at a clean chain in two provinces on one day.
+        """
+        rng = self.rng("companions")
+        if self.days < 6:
+            return
+        days_of: dict[int, set[int]] = defaultdict(set)
+        for ev in self.events:
+            days_of[ev.p].add(ev.day)
+        self._busy = days_of
+        self._companion_stays(rng)
+        self._companion_chains(rng)
+
+    #: Shapes of the varied phantom stays (``_inject_phantoms``), and how often each.
+    PHANTOM_SHAPES = (("bed_heavy", 3), ("seen_elsewhere", 3), ("drug_padded", 2),
+                      ("thin_care", 2), ("weekend_short", 2))
+
+    def _inject_phantoms(self) -> None:
+        """(h) Varied phantom bed stays (挂床住院), about 2% of the inpatient stays.
+
+        The five stays of ``_plan_anomalies`` are the blatant kind (three to four
+        weeks of bed and nursing, the person billed elsewhere meanwhile). Audits find
+        quieter ones too, so these come in five shapes, each on a person with no other
+        care within three weeks (their stay is the only story of those weeks), at a
+        county or city hospital of levels 1-2 in Guangdong away from the surge's
+        hospital and the hospital group, for chronic, low-acuity conditions (visits
+        elsewhere at clinics and independent pharmacies, never a chain's branch):
+
+        * ``bed_heavy`` — 12-26 days, bed and nursing 55-70% of the bill, maybe one
+          pharmacy purchase elsewhere;
+        * ``seen_elsewhere`` — an ordinary bill for an ordinary length, but the person
+          is at a clinic or pharmacy elsewhere on 2-4 days of it (only the behaviour
+          gives it away);
+        * ``drug_padded`` — 6-12 days kept in bed to have chronic drugs paid as
+          inpatient care: drugs 55-70%, almost no exams or treatment;
+        * ``thin_care`` — a long (14-24 days) cheap stay: exams and treatment a third
+          of the usual, nothing else odd;
+        * ``weekend_short`` — admitted on a Friday or Saturday for 3-6 days, bed and
+          nursing about half the bill, one visit elsewhere half the time.
+
+        Planted last, with their own random stream, on persons of no other story:
+        every other anomaly and the stream noise are as they were without them.
+        """
+        if self.days < 21:
+            return
+        rng = self.rng("phantoms")
+        rnd = rng.random
+        days_of: dict[int, set[int]] = defaultdict(set)
+        for ev in self.events:
+            days_of[ev.p].add(ev.day)
+        self._busy = days_of
+        surging = self.inst_by_id[BORDER_REGULARS[0]]
+        hospitals = [i for i in range(len(self.inst_id)) if self.inst_type[i] == "hospital"
+                     and self.inst_level[i] in (1, 2) and self.inst_region[i][:2] == "44"
+                     and not self.inst_capital_l3[i] and i != surging
+                     and self.inst_region[i] != "440100" and self.inst_chain[i] is None]
+        # Sorted: a set's order follows str hashing, which differs per process.
+        pools = [self.pool_index[(r, t)] for r in sorted({self.inst_region[i] for i in hospitals})
+                 for t in ("employee", "resident")]
+        stays = sum(1 for e in self.events if e.vt == "inpatient" and e.tag == "bg")
+        shapes = [s for s, w in self.PHANTOM_SHAPES for _ in range(w)]
+        chronic = ("I10", "E11.9", "M54.5", "M17.9", "I25.1", "I63.9", "J44.1")
+        for n in range(max(len(shapes), round(0.02 * stays))):
+            shape = shapes[n % len(shapes)]
+            los = {"bed_heavy": (12, 26), "seen_elsewhere": (7, 16), "drug_padded": (6, 12),
+                   "thin_care": (14, 24), "weekend_short": (3, 6)}[shape]
+            los = rng.randint(*los)
+            adm = self._span(rng, los)
+            if adm is None:
+                continue
+            if shape == "weekend_short":
+                while self.dates[adm].weekday() not in (4, 5):
+                    adm -= 1
+                if adm < 1:
+                    continue
+            p = self._free_person(rng, pools, adm, adm + los, lo=50, hi=90)
+            if p is None:
+                continue
+            home = [i for i in hospitals if self.inst_region[i] == self.p_region[p]]
+            if not home:
+                continue
+            inst = rng.choice(home)
+            dx = rng.choice(chronic)
+            items, total = (None, None) if shape == "seen_elsewhere" else \
+                self._phantom_items(rng, shape, los, self.inst_level[inst])
+            ev = self._stay(rng, p, adm, los, inst, dx, "none", "anomaly", items=items,
+                            total=total, dxs=self.dx1[dx])
+            if ev is None:
+                continue
+            visits = {"bed_heavy": rng.randint(0, 1), "seen_elsewhere": rng.randint(2, 4),
+                      "drug_padded": rng.randint(0, 1), "thin_care": 0,
+                      "weekend_short": int(rnd() < 0.5)}[shape]
+            outside = []
+            for day in sorted(rng.sample(range(adm + 1, adm + los), min(visits, los - 1))):
+                vt = "pharmacy" if rnd() < 0.5 else "outpatient"
+                # Never a chain's branch: a purchase there would move the chain's
+                # claims, which pharmacy_chain_anomaly (and its bench) judges.
+                for _try in range(20):
+                    other = self._inst(rnd, self.p_region[p], vt, False)
+                    if other != inst and self.inst_chain[other] is None:
+                        break
+                else:
+                    continue
+                outside.append(self._visit(rng, p, day, vt, other, "none", "anomaly", dx=dx))
+            bed = sum(a for c, a, _ in ev.items if c in ("bed", "nursing"))
+            share = round(bed / ev.total, 3)
+            self._truth("phantom_bed", "settlement", ev, [self.p_region[p]], [ev] + outside,
+                        f"{shape}: {los}-day stay for {dx} at {self.inst_id[inst]}, bed and "
+                        f"nursing {share:.0%} of the cost, {len(outside)} settlement(s) "
+                        f"elsewhere meanwhile", window_start=adm, person_id=self.p_id[p],
+                        shape=shape,
+                        expected={"length_of_stay": los, "bed_nursing_share": share})
+
+    @staticmethod
+    def _phantom_items(rng: random.Random, shape: str, los: int, level: int
+                       ) -> tuple[list, int]:
+        """Cost lines (fen, summing exactly to the total) of a phantom stay's shape."""
+        u = rng.uniform
+        if shape == "bed_heavy":
+            shares = {"bed_nursing": u(0.55, 0.7), "exam": u(0.03, 0.07),
+                      "treatment": u(0.02, 0.05), "material": 0.01, "other": 0.03}
+        elif shape == "drug_padded":
+            shares = {"bed_nursing": u(0.2, 0.3), "exam": u(0.02, 0.05),
+                      "treatment": u(0.01, 0.04), "material": 0.01, "other": 0.02}
+        elif shape == "thin_care":
+            shares = {"bed_nursing": u(0.4, 0.5), "exam": u(0.05, 0.09),
+                      "treatment": u(0.03, 0.06), "material": 0.03, "other": 0.06}
+        else:  # weekend_short
+            shares = {"bed_nursing": u(0.45, 0.55), "exam": u(0.03, 0.08),
+                      "treatment": u(0.03, 0.07), "material": 0.02, "other": 0.05}
+        rate = BED_RATE_FEN[level]
+        bed = los * rate
+        nursing = los * (rate * rng.randint(45, 65) // 100)
+        total = int((bed + nursing) / shares.pop("bed_nursing"))
+        rest = {c: int(total * s) for c, s in shares.items()}
+        drug = total - bed - nursing - sum(rest.values())
+        items = [("bed", bed, los), ("nursing", nursing, los), ("drug", drug, None)]
+        items += [(c, a, None) for c, a in rest.items()]
+        return items, total
+
+    def _free_person(self, rng: random.Random, pools: list[int], first: int, last: int,
+                     lo: int = 35, hi: int = 85, away: bool = False) -> int | None:
+        """Someone of ``pools`` with no stay within 21 days of [first, last] and no
+        settlement in it: their planted stays are the only care of those weeks."""
+        siphon = self.pool_index[SIPHON_POOL]
+        for _ in range(3000):
+            p = rng.choice(self.by_pool[rng.choice(pools)])
+            if (p in self.reserved or p in self.regulars or self.p_pool[p] == siphon
+                    or not lo <= self.age(p, first) <= hi
+                    or (self.p_res[p] != self.p_region[p]) != away):
+                continue
+            if any(a - 21 <= last and first <= b + 21 for a, b in self.stays.get(p, ())):
+                continue
+            if any(first - 1 <= d <= last + 1 for d in self._busy.get(p, ())):
+                continue
+            self.reserved.add(p)
+            return p
+        return None
+
+    def _span(self, rng: random.Random, length: int) -> int | None:
+        """A first day for a story ``length`` days long inside the period."""
+        if length + 2 > self.days - 1:
+            return None
+        return rng.randint(1, self.days - 1 - length)
+
+    def _companion_stays(self, rng: random.Random) -> None:
+        rnd = rng.random
+        pi = self.pool_index
+        gd = [pi[(r, t)] for r in REGIONS if r[:2] == "44" for t in ("employee", "resident")]
+        outer = [pi[(r, t)] for r in REGIONS if r[:2] != "44" for t in ("employee", "resident")]
+        dstr = self.dstr
+        medical = ("I63.9", "J18.9", "I50.9", "J44.1", "E11.9", "N18.5", "I20.0", "K29.7")
+
+        def stays(p: int, plan: list[tuple[int, int, int, str, tuple | None]]) -> list:
+            evs = []
+            for adm, los, inst, dx, dxs in plan:
+                ev = self._stay(rng, p, adm, los, inst, dx, self._filing_for(p, inst),
+                                "anomaly", dxs=dxs)
+                if ev is None:
+                    return []
+                evs.append(ev)
+            return evs
+
+        # The surge's hospital is left to the surge: a stay there would move its
+        # cross-province baseline, which bench/surge_quality.py measures.
+        surging = self.inst_by_id[BORDER_REGULARS[0]]
+
+        def local(p: int, purpose: str = "ip_minor", region: str | None = None,
+                  avoid: int | None = None) -> int:
+            region = region or self.p_res[p]
+            for _ in range(50):
+                inst = self._inst(rnd, region, purpose, region[:2] != self.p_region[p][:2])
+                if inst not in (avoid, surging):
+                    return inst
+            return avoid if avoid is not None else inst
+
+        def where(evs) -> str:
+            return "; ".join(f"{self.inst_id[e.inst]} {dstr[e.adm]}..{dstr[e.dis]}" for e in evs)
+
+        # Overlapping stays (overlapping_stay) and look-alikes.
+        shapes = ["one_night", "nested", "cross_province", "same_city", "same_city",
+                  "transfer", "reversed"]
+        for shape in shapes:
+            dx = rng.choice(medical)
+            if shape == "nested":
+                los1, los2, off = rng.randint(16, 26), rng.randint(3, 6), rng.randint(3, 8)
+            elif shape == "one_night":
+                los1, los2 = rng.randint(4, 9), rng.randint(3, 8)
+                off = los1 - 1
+            elif shape == "transfer":
+                los1, los2 = rng.randint(3, 9), rng.randint(4, 10)
+                off = los1
+            else:
+                los1, los2 = rng.randint(5, 10), rng.randint(4, 9)
+                off = rng.randint(1, los1 - 2)
+            length = max(los1, off + los2) + 4
+            a = self._span(rng, length)
+            if a is None:
+                continue
+            p = self._free_person(rng, outer if shape == "cross_province" else gd, a,
+                                  a + length)
+            if p is None:
+                continue
+            first = local(p)
+            if shape == "cross_province":
+                second = local(p, "ip_major", rng.choice(("440100", "440900", "440300")))
+            elif shape == "nested":
+                capital = PROVINCES[self.p_region[p][:2]]["capital"]
+                second = local(p, "ip_l3", capital, avoid=first)
+            else:
+                second = local(p, "ip_minor", avoid=first)
+            if first == second:
+                continue
+            plan = [(a, los1, first, dx, None), (a + off, los2, second, dx, None)]
+            evs = stays(p, plan)
+            if len(evs) != 2:
+                continue
+            regions = [self.inst_region[evs[0].inst], self.inst_region[evs[1].inst],
+                       self.p_region[p]]
+            nights = min(evs[0].dis, evs[1].dis) - max(evs[0].adm, evs[1].adm)
+            if shape == "transfer":
+                self._truth("lookalike", "person", self.p_id[p], regions, evs,
+                            f"same-day transfer, no shared night: {where(evs)}",
+                            window_start=a, rule_id="overlapping_stay", injected=False)
+                continue
+            if shape == "reversed":
+                late = evs[1]
+                d = min(self.days - 1, late.day + rng.randint(1, 3))
+                items = [(c, -x, None if q is None else -q) for c, x, q in late.items]
+                rev = late.clone(day=d, sec=self._hour(rnd, "inpatient"), tag="reversal",
+                                 total=-late.total, fund=-late.fund, items=items)
+                rev.link = late
+                late.variant = "reversed"
+                self.events.append(rev)
+                self._truth("lookalike", "person", self.p_id[p], regions, evs + [rev],
+                            f"overlapping stays ({where(evs)}), the second reversed (冲正) "
+                            f"on {dstr[d]}: a billing error corrected",
+                            window_start=a, rule_id="overlapping_stay", injected=False)
+                continue
+            self._truth("overlapping_stay", "person", self.p_id[p], regions, evs,
+                        f"{shape.replace('_', ' ')}: inpatient at {where(evs)}, {nights} "
+                        "shared night(s)", window_start=a, expected={"overlap_nights": nights,
+                                                                     "shape": shape})
+
+        # Split admissions (split_admission) and look-alikes.
+        shapes = ["same_day", "fifteen_days", "same_category", "away_from_home",
+                  "sixteen_days_plus", "other_condition", "other_hospital", "chemotherapy"]
+        for shape in shapes:
+            dx = rng.choice(medical)
+            los1, los2 = rng.randint(4, 10), rng.randint(3, 8)
+            gap = {"same_day": 0, "fifteen_days": 15, "sixteen_days_plus": rng.randint(16, 30),
+                   "chemotherapy": rng.randint(9, 12)}.get(shape, rng.randint(1, 14))
+            length = los1 + gap + los2 + 2
+            a = self._span(rng, length)
+            if a is None:
+                continue
+            p = self._free_person(rng, gd + outer, a, a + length,
+                                  away=shape == "away_from_home")
+            if p is None:
+                continue
+            inst = local(p)
+            second_inst, dxs1, dxs2, dx2 = inst, None, None, dx
+            if shape == "same_category":
+                # The same condition coded one digit apart, with other secondaries.
+                dxs1 = (dx, "I10")
+                dxs2 = (dx[:3] + (".8" if not dx.endswith(".8") else ".9"), "E78.5")
+            elif shape == "other_condition":
+                dx2 = rng.choice([c for c in ("S72.0", "K80.2", "N39.0", "K35.8")
+                                  if c[:3] != dx[:3]])
+            elif shape == "other_hospital":
+                capital = PROVINCES[self.p_res[p][:2]]["capital"]
+                second_inst = local(p, "ip_l3", capital, avoid=inst)
+                if second_inst == inst:
+                    continue
+            elif shape == "chemotherapy":
+                dx = dx2 = "C34.9"
+                los1, los2 = rng.randint(2, 4), rng.randint(2, 4)
+                dxs1 = dxs2 = ("Z51.1", "C34.9")
+            plan = [(a, los1, inst, dx, dxs1), (a + los1 + gap, los2, second_inst, dx2, dxs2)]
+            evs = stays(p, plan)
+            if len(evs) != 2:
+                continue
+            regions = [self.inst_region[inst], self.p_region[p]]
+            what = (f"{shape.replace('_', ' ')}: discharged {dstr[evs[0].dis]} from "
+                    f"{self.inst_id[inst]} ({evs[0].dxs[0]}), readmitted {dstr[evs[1].adm]} "
+                    f"to {self.inst_id[second_inst]} ({evs[1].dxs[0]}), {gap} day(s) later")
+            if shape in ("sixteen_days_plus", "other_condition", "other_hospital",
+                         "chemotherapy"):
+                self._truth("lookalike", "person", self.p_id[p], regions, evs, what,
+                            window_start=a, rule_id="split_admission", injected=False)
+            else:
+                self._truth("split_admission", "person", self.p_id[p], regions, evs, what,
+                            window_start=a, expected={"gap_days": gap, "shape": shape})
+
+    def _companion_chains(self, rng: random.Random) -> None:
+        rnd = rng.random
+        if self.days < 21:
+            return
+        linked = {id(e.link) for e in self.events if e.link is not None}
+        by_chain: dict[str, list[int]] = defaultdict(list)
+        for i, chain in enumerate(self.inst_chain):
+            if chain and self.inst_type[i] == "pharmacy":
+                by_chain[chain].append(i)
+        onset = rng.randint(max(1, self.days // 3), max(1, self.days // 2))
+
+        def genuine(ev) -> bool:  # a sale that no reversal, re-send or error refers to
+            return ev.tag == "bg" and not ev.variant and id(ev) not in linked
+
+        chain = rng.choice(("PCH001", "PCH003"))
+        clean = "PCH003" if chain == "PCH001" else "PCH001"
+        branches = by_chain[chain]
+        shape = rng.choice(("one_province", "harvested_cards"))
+        flagged: list[_Ev] = []
+        provinces = sorted({self.inst_region[b][:2] for b in branches})
+        if shape == "one_province":
+            # The province where the chain has most branches inflates its invoices.
+            counts = defaultdict(int)
+            for b in branches:
+                counts[self.inst_region[b][:2]] += 1
+            prov = max(sorted(counts), key=counts.get)
+            rate, lo, hi = rng.uniform(0.55, 0.75), rng.uniform(1.8, 2.2), rng.uniform(2.4, 3.0)
+            for ev in self.events:
+                if (ev.inst in branches and self.inst_region[ev.inst][:2] == prov
+                        and ev.day >= onset and genuine(ev) and rnd() < rate):
+                    ev.total = int(ev.total * rng.uniform(lo, hi))
+                    ev.fund = self._fund(ev.p, ev.day, "pharmacy", ev.inst, ev.total, ev.filing)
+                    ev.tag = "anomaly"
+                    flagged.append(ev)
+            note = (f"{self.chain_name[chain]} ({chain}): its province-{prov} branches bill "
+                    f"{rate:.0%} of their sales at {lo:.1f}-{hi:.1f}x from {self.dstr[onset]}")
+        else:
+            # A stock of harvested cards, each billed at two provinces' branches within
+            # hours, two to four cards a week: little money, an impossible pattern.
+            cards = [p for p in (rng.choice(self.by_pool[rng.randrange(len(self.pools))])
+                                 for _ in range(40))
+                     if p not in self.reserved and p not in self.regulars][:12]
+            by_prov = defaultdict(list)
+            for b in branches:
+                by_prov[self.inst_region[b][:2]].append(b)
+            d = onset
+            while d < self.days - 1:
+                for _ in range(rng.randint(2, 4)):
+                    p = rng.choice(cards)
+                    p1, p2 = rng.sample(provinces, 2)
+                    day = min(self.days - 1, d + rng.randint(0, 6))
+                    sec1 = rng.randint(8 * 3600, 14 * 3600)
+                    sec2 = sec1 + rng.randint(2 * 3600, 9 * 3600)
+                    dx = rng.choice(("I10", "E11.9", "I25.1", "B18.1"))
+                    for prov, sec in ((p1, sec1), (p2, sec2)):
+                        b = rng.choice(by_prov[prov])
+                        flagged.append(self._visit(rng, p, day, "pharmacy", b,
+                                                   self._filing_for(p, b), "anomaly", dx=dx,
+                                                   cost_mult=rng.uniform(1.0, 2.0), sec=sec))
+                d += 7
+            note = (f"{self.chain_name[chain]} ({chain}): {len(cards)} harvested cards billed at "
+                    f"branches in two provinces within hours, from {self.dstr[onset]}")
+        if flagged:
+            regions = sorted({self.inst_region[e.inst] for e in flagged})
+            self._truth("pharmacy_chain_anomaly", "chain", chain, regions, flagged, note,
+                        window_start=onset, expected={"shape": shape,
+                                                      "onset": self.dstr[onset]})
+        # Look-alike: a one-province chain's claims jump (not a cross-province chain).
+        single = by_chain["PCH004"]
+        jumped = []
+        for ev in self.events:
+            if ev.inst in single and ev.day >= onset and genuine(ev) and rnd() < 0.6:
+                ev.total = int(ev.total * rng.uniform(2.0, 3.0))
+                ev.fund = self._fund(ev.p, ev.day, "pharmacy", ev.inst, ev.total, ev.filing)
+                ev.tag = "anomaly"
+                jumped.append(ev)
+        if jumped:
+            self._truth("lookalike", "chain", "PCH004", sorted({self.inst_region[b]
+                                                               for b in single}),
+                        jumped[:50], "one-province chain whose claims jump: its own "
+                        "region's matter, not a cross-province chain", window_start=onset,
+                        rule_id="pharmacy_chain_anomaly", injected=False)
+        # Look-alike: a traveller buys at the clean chain in two provinces on one day.
+        home = by_chain[clean]
+        provs = sorted({self.inst_region[b][:2] for b in home})
+        d = rng.randint(onset, self.days - 2)
+        p = self._free_person(rng, list(range(len(self.pools))), d, d, 18, 80)
+        if p is not None and len(provs) >= 2:
+            evs = []
+            for prov, sec in zip(rng.sample(provs, 2), (9 * 3600, 19 * 3600)):
+                b = rng.choice([i for i in home if self.inst_region[i][:2] == prov])
+                evs.append(self._visit(rng, p, d, "pharmacy", b, self._filing_for(p, b),
+                                       "anomaly", sec=sec))
+            self._truth("lookalike", "chain", clean, sorted({self.inst_region[e.inst]
+                                                            for e in evs}), evs,
+                        "one traveller served at branches in two provinces on one day",
+                        window_start=d, rule_id="pharmacy_chain_anomaly", injected=False)
+
+    def _incidental_truth(self) -> None:
+        """Readmissions and overlaps the data shows without being planted (background
+        care, the surge's and siphon's stays): findings by definition, so listed with
+        ``"injected": false``, as the pool findings are."""
+        planted = {frozenset(id(e) for e in t["settlement_ids"]) for t in self.truth
+                   if t["anomaly"] in ("split_admission", "overlapping_stay", "lookalike")}
+        by_person: dict[int, list[_Ev]] = defaultdict(list)
+        for ev in self.events:
+            if (ev.vt == "inpatient" and ev.adm is not None and not ev.variant
+                    and ev.tag in ("bg", "anomaly", "resettle")):
+                by_person[ev.p].append(ev)
+        for p, evs in sorted(by_person.items()):
+            if len(evs) < 2:
+                continue
+            evs.sort(key=lambda e: (e.adm, e.dis, e.inst))
+            for i, a in enumerate(evs):
+                for b in evs[i + 1:]:
+                    if frozenset((id(a), id(b))) in planted:
+                        continue
+                    same = a.inst == b.inst
+                    if not same and min(a.dis, b.dis) - max(a.adm, b.adm) > 0:
+                        kind = "overlapping_stay"
+                    elif (same and 0 <= b.adm - a.dis <= 15 and a.dxs[0][:3] == b.dxs[0][:3]
+                          and a.dxs[0][:3] not in ("Z49", "Z51")):
+                        kind = "split_admission"
+                    else:
+                        continue
+                    self._truth(kind, "person", self.p_id[p],
+                                [self.inst_region[a.inst], self.inst_region[b.inst],
+                                 self.p_region[p]], [a, b],
+                                f"incidental: {self.inst_id[a.inst]} {self.dstr[a.adm]}.."
+                                f"{self.dstr[a.dis]} and {self.inst_id[b.inst]} "
+                                f"{self.dstr[b.adm]}..{self.dstr[b.dis]}",
+                                window_start=a.adm, injected=False)
+
+    # A few background codes contradict the example sex/age table only because the
+    # diagnosis tables work in coarse age bands (a 4-year-old's neonatal jaundice); the
+    # way a coder would write them for that patient instead. Relabelling after the
+    # fact draws nothing, so every other figure of the stream stays as it was.
+    RECODED = {("P59.9", "age"): "R17", ("H25.9", "age"): "H26.9",
+               ("O80", "age"): "N95.0", ("O82", "age"): "N95.0"}
+    # The planted contradictions: the codes a wrong card or an upcoded bill shows.
+    MISCODED = [("O80", "M", "a delivery billed on a man's card"),
+                ("N40", "F", "a prostate diagnosis on a woman's bill"),
+                ("P59.9", None, "neonatal jaundice billed for an adult")]
+
+    def _coding_against_the_knowledge_table(self) -> None:
+        """Keep background codes within the shipped example table of diagnosis_restriction
+        and plant one settlement of each kind it must catch (truth ``diagnosis_restriction``)."""
+        from rules.builtin.diagnosis_restriction import DiagnosisRestriction
+
+        table = DiagnosisRestriction().table_for(None)
+        for ev in self.events:
+            codes = ev.dxs
+            if not codes or not isinstance(codes[0], str):
+                continue
+            sex, age = self.p_sex[ev.p], self.age(ev.p, ev.day)
+            fixed = []
+            for code in codes:
+                entry = table.lookup(code) if isinstance(code, str) else None
+                reason = entry.violation(sex, age) if entry is not None else None
+                fixed.append(self.RECODED.get((code, reason), code) if reason else code)
+            if tuple(fixed) != tuple(codes):
+                ev.dxs = tuple(fixed)
+        rng = self.rng("knowledge")
+        linked = {id(ev.link) for ev in self.events if ev.link is not None}
+        for code, wrong_sex, note in self.MISCODED:
+            pool = [ev for ev in self.events
+                    if ev.tag == "bg" and ev.link is None and id(ev) not in linked
+                    and not ev.variant and ev.vt in ("outpatient", "inpatient")
+                    and ev.dxs and isinstance(ev.dxs[0], str)
+                    and (self.p_sex[ev.p] == wrong_sex if wrong_sex
+                         else self.age(ev.p, ev.day) >= 30)
+                    and self.age(ev.p, ev.day) >= 18]
+            if not pool:
+                continue
+            ev = pool[int(rng.random() * len(pool))]
+            ev.dxs = (code, *ev.dxs[1:])
+            self._truth("diagnosis_restriction", "settlement", ev,
+                        [self.inst_region[ev.inst]], [ev],
+                        f"{note} ({code}; {self.p_sex[ev.p]}, aged {self.age(ev.p, ev.day)})")
 
     # ------------------------------------------------------------------ stream noise
     def _reversals(self) -> None:

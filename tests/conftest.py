@@ -72,3 +72,17 @@ def pg_schema_url(pg_url):
     with engine.begin() as conn:
         conn.execute(sa.text(f'drop schema "{schema}" cascade'))
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """An alert store on a SQLite file and, the same test again, on PostgreSQL (a schema
+    of its own)."""
+    from sinks.store import AlertStore
+
+    if request.param == "sqlite":
+        s = AlertStore(f"sqlite:///{tmp_path / 'alerts.db'}")
+    else:
+        s = AlertStore(request.getfixturevalue("pg_schema_url"))
+    yield s
+    s.dispose()

@@ -1,6 +1,7 @@
 """The command line as an operator scripts it: real processes, real files."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -95,3 +96,24 @@ def test_demo_end_to_end_on_a_configured_cluster(broker, tmp_path):
     assert "450100: Verify enrolment" in joint
     siphon = summary.split("siphon to the capital (虹吸效应)")[1]
     assert "440900:resident" in siphon and "2025-06" in siphon
+    # The centers' local webhook received the notifications, all of them (nothing left
+    # in the outbox), and what it received names persons only by pseudonym.
+    assert "✉ guangdong" in out and "✉ guangxi" in out
+    assert ", 0 left in the outbox" in summary
+    received = summary.split("as the insured side's channel received it:")[1]
+    received = received.split("elapsed")[0]
+    assert "review: joint (双地联查)" in received
+    assert not re.search(r"\b\d{6}[ER]\d{7}\b", received)  # the simulator's person ids
+    # The auditor's replay of the same stream, offline, gives the live worker's alerts,
+    # id and content, and writes its report.
+    replayed = re.search(r"auditor's replay +([\d,]+) +alerts offline .*; ([\d,]+) identical",
+                         out)
+    stored = re.search(r"alert store +\S+ +\(([\d,]+) alerts\)", out)
+    assert replayed and stored, out[-2000:]
+    withdrawn = re.search(r"withdrawn offline only: (\d+)", out)
+    extra = int(withdrawn.group(1)) if withdrawn else 0
+    assert replayed.group(2) == stored.group(1)
+    assert int(replayed.group(1).replace(",", "")) == int(stored.group(1).replace(",", "")) \
+        + extra
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>") and "<script" not in html

@@ -154,8 +154,30 @@ def test_pools_prints_a_table_of_balances_bands_and_the_provincial_layer(provinc
     assert "FUNDWATCH_BOOTSTRAP_SERVERS" in capsys.readouterr().err
 
 
-def test_replay_refuses_outputs_it_cannot_write_yet(province, capsys, tmp_path):
-    assert main(["replay", str(province["events"]), "--alerts-out", str(tmp_path / "a"),
-                 "--scores-out", str(tmp_path / "s")]) == 2
-    assert "--scores-out" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists()
+def test_replay_writes_a_score_for_every_inpatient_settlement(province, capsys, tmp_path):
+    """``--scores-out``: one contract line per inpatient stay the model scored — every
+    valid one but those reversed before their day closed — the same bytes twice."""
+    runs = []
+    for n in (1, 2):
+        out = tmp_path / f"scores{n}.jsonl"
+        assert main(["replay", str(province["events"]), "--pools", str(province["pools"]),
+                     "--alerts-out", str(tmp_path / f"a{n}"), "--scores-out", str(out)]) == 0
+        assert "scored settlements in" in capsys.readouterr().err
+        runs.append(out.read_bytes())
+    assert runs[0] == runs[1]
+    lines = [orjson.loads(line) for line in runs[0].splitlines()]
+    stays, reversed_ids = set(), set()
+    for raw in province["lines"]:
+        try:
+            record = parse(raw)
+        except Rejected:
+            continue
+        if getattr(record, "reverses", None):
+            reversed_ids.add(record.reverses)
+        elif getattr(record, "visit_type", None) == "inpatient":
+            stays.add(record.settlement_id)
+    scored = [line["settlement_id"] for line in lines]
+    assert len(scored) == len(set(scored)) and set(scored) <= stays
+    assert stays - set(scored) <= reversed_ids
+    assert all(set(line) == {"settlement_id", "scores"} and
+               0.0 <= line["scores"]["phantom_bed"] <= 1.0 for line in lines)

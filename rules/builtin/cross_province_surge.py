@@ -88,7 +88,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from fractions import Fraction
 
-from rules.alerts import SHANGHAI, iso, make_alert
+from rules.alerts import SHANGHAI, day_start, days_window, iso, make_alert, shanghai_day  # noqa: F401 (the examples)
 from rules.core import Param, Rule, RuleConfigError
 from streams.records import fen_to_yuan_str
 
@@ -101,19 +101,6 @@ TOP_PERSONS = 10
 TOP_SETTLEMENTS = 50  # the alert lists the most expensive ones (evidence has the count)
 MEASURES = {"total_cost": 0, "fund_paid": 1}
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
-
-
-def _day(moment: datetime) -> date:
-    return moment.astimezone(SHANGHAI).date()
-
-
-def _start(day: date) -> str:
-    return datetime(day.year, day.month, day.day, tzinfo=SHANGHAI).isoformat()
-
-
-def _span(first: date, last: date) -> dict[str, str]:
-    """The window from ``first`` 00:00 to the end of ``last`` (Asia/Shanghai)."""
-    return {"start": _start(first), "end": _start(last + timedelta(days=1))}
 
 
 class CrossProvinceSurge(Rule):
@@ -161,7 +148,7 @@ class CrossProvinceSurge(Rule):
         if getattr(event, "kind", None) != "settlement":
             return state, []
         st = state or {}
-        day = _day(event.settled_at)
+        day = shanghai_day(event.settled_at)
         done = date.fromisoformat(st["done"]) if "done" in st else None
         if done is not None and day < done - timedelta(days=KEPT_BEHIND - 2):
             return state, []  # too late to count in any window still to be judged
@@ -376,18 +363,18 @@ class CrossProvinceSurge(Rule):
         return make_alert(
             self.rule_id, ep["severity"], "institution", institution,
             regions=[treatment, *named],
-            window=_span(first - timedelta(days=WINDOW_DAYS - 1),
+            window=days_window(first - timedelta(days=WINDOW_DAYS - 1),
                          first + timedelta(days=WINDOW_DAYS - 1)),
             # The window is complete at the end of its last day: that is when it was
             # judged, in event time.
-            detected_at=iso(datetime.fromisoformat(_start(end + timedelta(days=1)))),
+            detected_at=iso(datetime.fromisoformat(day_start(end + timedelta(days=1)))),
             summary=(f"{institution}: cross-province {f['measure'].replace('_', ' ')} "
                      f"¥{fen_to_yuan_str(f['cur'])} in the 7 days to {end.isoformat()}, "
                      f"{growth:+.0%} over the ¥{fen_to_yuan_str(baseline_fen)} weekly "
                      f"baseline; joint review with {', '.join(named)} (双地联查)"),
             evidence={
                 "measure": f["measure"],
-                "current_window": _span(end - timedelta(days=WINDOW_DAYS - 1), end),
+                "current_window": days_window(end - timedelta(days=WINDOW_DAYS - 1), end),
                 "current": fen_to_yuan_str(f["cur"]),
                 "baseline": fen_to_yuan_str(baseline_fen),
                 "ratio": ratio,
@@ -398,7 +385,7 @@ class CrossProvinceSurge(Rule):
                 "min_z": f["min_z"],
                 "settlement_count": f["cur_n"],
                 "baseline_windows": [
-                    {**_span(last - timedelta(days=WINDOW_DAYS - 1), last),
+                    {**days_window(last - timedelta(days=WINDOW_DAYS - 1), last),
                      "amount": fen_to_yuan_str(w[1]), "settlements": w[0]}
                     for last, w in f["base_windows"]],
                 "insured_regions": {
