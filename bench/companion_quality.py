@@ -131,6 +131,7 @@ def run_seed(seed: int, days: int, scale: float, start: date,
     registry = Registry.from_dict(sim.registry)
     core = DetectionCore([cls(registry=registry, **params[r]) for r, cls in RULES.items()])
     pipeline = OfflinePipeline(core).feed_all(sim.events)
+    pipeline.close_input()  # as `fundwatch replay`: the stream is complete, its last day too
     alerts = sorted(pipeline.alerts.values(), key=lambda a: (a["rule_id"], a["window"]["start"],
                                                              a["subject"]["id"]))
     results = {r: evaluate(alerts, sim.truth, r) for r in RULES}

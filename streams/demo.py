@@ -171,15 +171,6 @@ def _auditor_replay(settings: Settings, paths: dict, out_dir: Path) -> None:
         registry, result.timeline)), encoding="utf-8")
     print(f"auditor's replay     {len(offline):>9,}   alerts offline (fundwatch replay); "
           f"{same:,} identical to the store's, id and content")
-    # Known margin (README "Delivery guarantees"): the person rules judge a stay when it
-    # arrives, so a stay reversed before its partner arrived live never alerted there,
-    # while the replay raised the overlap and then withdrew it.
-    withdrawn_only = sorted(k for k in set(offline) - set(live)
-                            if offline[k]["evidence"].get("withdrawn"))
-    if withdrawn_only:
-        print(f"  withdrawn offline only: {len(withdrawn_only)} "
-              f"({', '.join(offline[k]['rule_id'] for k in withdrawn_only)}: raised and "
-              "withdrawn in the replay, never raised live — the stay was reversed first)")
     print(f"  report             {report}  (open it in a browser)")
 
 

@@ -3,8 +3,9 @@
 ``overlapping_stay`` and ``split_admission`` judge pairs of one person's stays, so
 they keep the same record of them: one row per settled stay, the stays a reversal
 (冲正) took back, and the newest settlement date seen (event time), from which stays
-too old to pair with anything still to come are dropped. Not a rule (no ``Rule``
-class here): the discovery skips it.
+too old to pair with anything still to come are dropped, and the base both rules
+share, :class:`StaysJudgedAtTheClose`. No rule of its own (no ``rule_id``): the
+discovery skips it.
 
 >>> from datetime import date, datetime
 >>> from types import SimpleNamespace as E
@@ -28,6 +29,7 @@ from datetime import date, timedelta
 
 from rules import alerts
 from rules.alerts import SHANGHAI, iso
+from rules.core import Rule
 from streams.records import fen_to_yuan_str
 
 # Stays discharged this many days before the newest settlement the person has are
@@ -119,3 +121,86 @@ def ordered(rows: dict[str, list]) -> list[tuple[str, list]]:
 def person_regions(rows: list[list], insured: str) -> list[str]:
     """The treatment regions of the stays (in admission order), then the insured one."""
     return list(dict.fromkeys([*(r[STAY_REGION] for r in rows), insured]))
+
+
+# --------------------------------------------------------------------------- judged at the close
+
+# A held record: what judging needs of a stay or a reversal, as a list (JSON state).
+(HELD_SID, HELD_SETTLED, HELD_PERSON, HELD_INSTITUTION, HELD_ADMITTED, HELD_DISCHARGED,
+ HELD_REGION, HELD_INSURED, HELD_DIAGNOSIS, HELD_TOTAL, HELD_FUND, HELD_REVERSES) = range(12)
+
+
+def _held(event) -> list:
+    return [event.settlement_id, iso(event.settled_at), event.person_id,
+            event.institution_id, event.admitted_on.isoformat(),
+            event.discharged_on.isoformat(), event.treatment_region, event.insured_region,
+            event.diagnoses[0] if event.diagnoses else "", event.total_cost_fen,
+            event.fund_paid_fen, event.reverses]
+
+
+def _event(h: list):
+    from datetime import datetime
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        kind="settlement", visit_type="inpatient", settlement_id=h[HELD_SID],
+        settled_at=datetime.fromisoformat(h[HELD_SETTLED]), person_id=h[HELD_PERSON],
+        institution_id=h[HELD_INSTITUTION], admitted_on=date.fromisoformat(h[HELD_ADMITTED]),
+        discharged_on=date.fromisoformat(h[HELD_DISCHARGED]), treatment_region=h[HELD_REGION],
+        insured_region=h[HELD_INSURED], diagnoses=(h[HELD_DIAGNOSIS],) if h[HELD_DIAGNOSIS]
+        else (), total_cost_fen=h[HELD_TOTAL], fund_paid_fen=h[HELD_FUND],
+        reverses=h[HELD_REVERSES])
+
+
+class StaysJudgedAtTheClose(Rule):
+    """A person rule over stays whose verdicts do not depend on arrival order.
+
+    Live, a person's records reach the detect stage through several admission
+    partitions in any interleaving: judged on arrival, a stay reversed (冲正) before
+    its partner arrived would never alert live while a replay of the file raised the
+    finding and withdrew it. So ``apply`` only holds each stay or reversal, and the
+    event-time timer ``close`` judges the held records of the days that are complete,
+    in settlement-time order (ties by settlement id), through ``judge(state, event)``
+    — the same verdicts in a live worker and in a replay, for records within the
+    allowed lateness. An alert then comes when its stay's day closes.
+    """
+
+    def wants(self, event):
+        return is_stay(event)
+
+    def apply(self, state, event):
+        if not is_stay(event):
+            return state, []
+        st = state or {}
+        sid = event.settlement_id
+        if (sid in st.get("stays", {}) or sid in st.get("gone", {})
+                or any(h[HELD_SID] == sid for h in st.get("held", []))):
+            return state, []  # re-delivered (or a stay already taken back)
+        return {**st, "held": [*st.get("held", []), _held(event)]}, []
+
+    def close(self, state, midnight):
+        held = (state or {}).get("held")
+        if not held:
+            return state, []
+        due = [h for h in held if datetime_of(h) < midnight]
+        if not due:
+            return state, []
+        rest = [h for h in held if datetime_of(h) >= midnight]
+        st = {k: v for k, v in state.items() if k != "held"} or None
+        fired = []
+        for h in sorted(due, key=lambda h: (datetime_of(h), h[HELD_SID])):
+            st, alerts_ = self.judge(st, _event(h))
+            fired += alerts_
+        st = dict(st or {})
+        if rest:
+            st["held"] = rest
+        return st or None, fired
+
+    def judge(self, state, event):
+        raise NotImplementedError
+
+
+def datetime_of(h: list):
+    from datetime import datetime
+
+    return datetime.fromisoformat(h[HELD_SETTLED])

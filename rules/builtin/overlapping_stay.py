@@ -17,8 +17,12 @@ How it is decided (event time; dates as the settlements give them):
   (discharged from one hospital and admitted to the next on the same date) shares a
   date but no night, so it is not one; two stays at the same institution are a
   double bill, not this finding.
-* The verdict needs no complete period: the second settlement proves the overlap,
-  whichever of the two arrives first, so the rule judges on each stay (no timer).
+* The second settlement proves the overlap, whichever of the two arrives first; the
+  stays are judged when their settlement day closes (the event-time timer), in
+  settlement-time order (:class:`~rules.builtin._stays.StaysJudgedAtTheClose`), so
+  that a reversal within the allowed lateness is applied in its place whatever the
+  order records reached the worker in — a live worker and a replay give the same
+  alerts. ``judge(state, stay)`` is the verdict on one stay (the examples below).
 * **Alert identity**: one alert per overlap span — ``window`` runs from the later
   admission (00:00) to the earlier discharge (00:00), Asia/Shanghai — so the same two
   stays always give the same ``alert_id``, in any order. Critical from
@@ -45,11 +49,11 @@ How it is decided (event time; dates as the settlements give them):
 ...              reverses=reverses,
 ...              settled_at=datetime.fromisoformat(dis + "T10:00:00+08:00"))
 >>> rule = OverlappingStay()
->>> state, alerts = rule.apply(None, stay("S1", "H440900002", "440900", "2025-03-01",
+>>> state, alerts = rule.judge(None, stay("S1", "H440900002", "440900", "2025-03-01",
 ...                                         "2025-03-12"))
 >>> alerts
 []
->>> state, alerts = rule.apply(state, stay("S2", "H440100001", "440100", "2025-03-09",
+>>> state, alerts = rule.judge(state, stay("S2", "H440100001", "440100", "2025-03-09",
 ...                                          "2025-03-15"))
 >>> a = alerts[0]
 >>> a["severity"], a["review"], a["regions"], a["evidence"]["overlap_nights"]
@@ -57,18 +61,27 @@ How it is decided (event time; dates as the settlements give them):
 >>> a["window"]["start"][:10], a["window"]["end"][:10]
 ('2025-03-09', '2025-03-12')
 >>> # transferred on the day of discharge: a shared date, no shared night
->>> rule.apply(state, stay("S3", "H440100003", "440100", "2025-03-15", "2025-03-20"))[1]
+>>> rule.judge(state, stay("S3", "H440100003", "440100", "2025-03-15", "2025-03-20"))[1]
 []
->>> _, alerts = rule.apply(state, stay("R1", "H440100001", "440100", "2025-03-09",
+>>> _, alerts = rule.judge(state, stay("R1", "H440100001", "440100", "2025-03-09",
 ...                                      "2025-03-15", reverses="S2"))
 >>> b = alerts[0]   # S2 reversed (冲正): the same alert, restated as withdrawn
 >>> b["alert_id"] == a["alert_id"], b["severity"], b["evidence"]["withdrawn"]
 (True, 'info', True)
+>>> # Live, records are held until their day closes, then judged in settlement order:
+>>> held, _ = rule.apply(None, stay("S2", "H440100001", "440100", "2025-03-09", "2025-03-15"))
+>>> held, _ = rule.apply(held, stay("S1", "H440900002", "440900", "2025-03-01", "2025-03-12"))
+>>> rule.close(held, datetime.fromisoformat("2025-03-15T00:00:00+08:00"))[1]  # S2's day open
+[]
+>>> [x["alert_id"] for x in rule.close(held, datetime.fromisoformat(
+...     "2025-03-16T00:00:00+08:00"))[1]] == [a["alert_id"]]
+True
 """
 from __future__ import annotations
 
 from rules.alerts import iso, make_alert
 from rules.builtin._stays import (
+    StaysJudgedAtTheClose,
     STAY_ADMITTED,
     STAY_DISCHARGED,
     STAY_FUND,
@@ -79,13 +92,12 @@ from rules.builtin._stays import (
     add_stay,
     day_start,
     days_between,
-    is_stay,
     ordered,
     person_regions,
     stay_evidence,
     take_back,
 )
-from rules.core import Param, Rule
+from rules.core import Param
 from streams.records import fen_to_yuan_str
 
 
@@ -100,7 +112,7 @@ def _overlap(a: list, b: list) -> tuple[str, str, int] | None:
     return (first, end, nights) if nights > 0 else None
 
 
-class OverlappingStay(Rule):
+class OverlappingStay(StaysJudgedAtTheClose):
     rule_id = "overlapping_stay"
     description = ("The same person inpatient at two institutions on overlapping dates "
                    "(at least one of the stays is not real)")
@@ -113,12 +125,7 @@ class OverlappingStay(Rule):
                                          "critical", minimum=1),
     }
 
-    def wants(self, event):
-        return is_stay(event)
-
-    def apply(self, state, event):
-        if not is_stay(event):
-            return state, []
+    def judge(self, state, event):
         if event.reverses:
             new, gone = take_back(state, event)
             if new is None:

@@ -21,8 +21,12 @@ How it is decided (event time; dates as the settlements give them):
   same hospital (a double bill, not a split), and planned readmissions: the ICD-10
   categories in ``planned_categories`` (by default Z49 dialysis care and Z51
   chemotherapy or radiotherapy sessions, which are scheduled cycles).
-* The verdict needs no complete period: the second stay proves it whichever of the
-  two settlements arrives first, so the rule judges on each stay (no timer).
+* The second stay proves it whichever of the two settlements arrives first; the
+  stays are judged when their settlement day closes (the event-time timer), in
+  settlement-time order (:class:`~rules.builtin._stays.StaysJudgedAtTheClose`), so a
+  reversal within the allowed lateness is applied in its place whatever the arrival
+  order — a live worker and a replay give the same alerts. ``judge(state, stay)`` is
+  the verdict on one stay (the examples below).
 * **Alert identity**: one alert per pair of stays; ``window`` runs from the first
   admission (00:00) to the end of the second discharge day, Asia/Shanghai, so the
   same pair always gives the same ``alert_id``. Three stays in a row give one alert
@@ -47,18 +51,18 @@ How it is decided (event time; dates as the settlements give them):
 ...              reverses=reverses,
 ...              settled_at=datetime.fromisoformat(dis + "T10:00:00+08:00"))
 >>> rule = SplitAdmission()
->>> state, _ = rule.apply(None, stay("S1", "2025-03-01", "2025-03-08"))
->>> state, alerts = rule.apply(state, stay("S2", "2025-03-10", "2025-03-16", dx="I63.5"))
+>>> state, _ = rule.judge(None, stay("S1", "2025-03-01", "2025-03-08"))
+>>> state, alerts = rule.judge(state, stay("S2", "2025-03-10", "2025-03-16", dx="I63.5"))
 >>> a = alerts[0]
 >>> a["severity"], a["review"], a["regions"], a["evidence"]["gap_days"]
 ('warning', 'single', ['440900'], 2)
 >>> a["window"]["start"][:10], a["window"]["end"][:10]
 ('2025-03-01', '2025-03-17')
->>> rule.apply(state, stay("S3", "2025-03-20", "2025-03-25", dx="S72.0"))[1]  # another condition
+>>> rule.judge(state, stay("S3", "2025-03-20", "2025-03-25", dx="S72.0"))[1]  # another condition
 []
->>> rule.apply(state, stay("S4", "2025-04-05", "2025-04-09"))[1]   # 20 days later
+>>> rule.judge(state, stay("S4", "2025-04-05", "2025-04-09"))[1]   # 20 days later
 []
->>> rule.apply(state, stay("S5", "2025-03-17", "2025-03-20", inst="H440900001"))[1]  # elsewhere
+>>> rule.judge(state, stay("S5", "2025-03-17", "2025-03-20", inst="H440900001"))[1]  # elsewhere
 []
 """
 from __future__ import annotations
@@ -67,6 +71,7 @@ import re
 
 from rules.alerts import iso, make_alert
 from rules.builtin._stays import (
+    StaysJudgedAtTheClose,
     STAY_ADMITTED,
     STAY_DIAGNOSIS,
     STAY_DISCHARGED,
@@ -78,13 +83,12 @@ from rules.builtin._stays import (
     add_stay,
     day_start,
     days_between,
-    is_stay,
     next_day,
     person_regions,
     stay_evidence,
     take_back,
 )
-from rules.core import Param, Rule, RuleConfigError
+from rules.core import Param, RuleConfigError
 from streams.records import fen_to_yuan_str
 
 CATEGORY = re.compile(r"[A-Z][0-9]{2}")
@@ -95,7 +99,7 @@ def category(diagnosis: str) -> str:
     return diagnosis[:3].upper()
 
 
-class SplitAdmission(Rule):
+class SplitAdmission(StaysJudgedAtTheClose):
     rule_id = "split_admission"
     description = ("Discharge and readmission at the same institution with the same "
                    "primary diagnosis category within days (分解住院)")
@@ -127,9 +131,6 @@ class SplitAdmission(Rule):
         return {c.strip().upper() for c in self.param("planned_categories", province)
                 .split(",") if c.strip()}
 
-    def wants(self, event):
-        return is_stay(event)
-
     def _pair(self, a: list, b: list) -> tuple[list, list, int] | None:
         """(first, second, gap days) when the two stays are a split."""
         if a[STAY_INSTITUTION] != b[STAY_INSTITUTION] or not a[STAY_DIAGNOSIS] \
@@ -144,9 +145,7 @@ class SplitAdmission(Rule):
             return None
         return first, second, gap
 
-    def apply(self, state, event):
-        if not is_stay(event):
-            return state, []
+    def judge(self, state, event):
         if event.reverses:
             new, gone = take_back(state, event)
             if new is None:
