@@ -67,8 +67,10 @@ def four_partitions(broker, tmp_path) -> Settings:
     return settings
 
 
-def replay(lines: list[bytes]) -> OfflinePipeline:
-    return OfflinePipeline(DetectionCore(load_rules())).feed_all(lines)
+def replay(lines: list[bytes], partitions: int) -> OfflinePipeline:
+    """The offline driver with the live workers' partition count (per-partition models
+    — phantom_bed's — are kept per detect partition, as live)."""
+    return OfflinePipeline(DetectionCore(load_rules(), partitions=partitions)).feed_all(lines)
 
 
 def check_the_joint_review(alerts: dict[str, dict]) -> dict:
@@ -91,7 +93,7 @@ def check_the_joint_review(alerts: dict[str, dict]) -> dict:
 def test_a_30_percent_surge_opens_one_joint_review_and_nothing_else_does(four_partitions,
                                                                           tmp_path):
     lines = province_stream()
-    offline = replay(lines)
+    offline = replay(lines, four_partitions.partitions)
     expected = check_the_joint_review(offline.alerts)
 
     worker = start_worker(four_partitions, tmp_path / "worker.log")
@@ -115,7 +117,7 @@ def test_a_30_percent_surge_opens_one_joint_review_and_nothing_else_does(four_pa
 def test_restarting_the_worker_mid_window_neither_loses_nor_duplicates(four_partitions,
                                                                         tmp_path):
     lines = province_stream()
-    expected = check_the_joint_review(replay(lines).alerts)
+    expected = check_the_joint_review(replay(lines, four_partitions.partitions).alerts)
     # Cut in the middle of the surge week: days up to 38 first (the surge is not
     # yet above the threshold: +17% on the window ending 38), the rest after a kill.
     cut = next(i for i, raw in enumerate(lines)

@@ -87,7 +87,8 @@ def test_every_record_ends_where_it_should(live_settings):
     assert store.all() == [alert]
 
     # And the offline driver, same core, same input, gives the same alert.
-    offline = OfflinePipeline(DetectionCore(load_rules())).feed_all(lines)
+    offline = OfflinePipeline(DetectionCore(
+        load_rules(), partitions=live_settings.partitions)).feed_all(lines)
     assert offline.alerts == o.alerts
     assert offline.counts["accepted"] == 8 and offline.counts["duplicate"] == 2
 

@@ -87,7 +87,8 @@ def through_worker_and_offline(broker, tmp_path, config, events, registry=None, 
         db_url=f"sqlite:///{tmp_path / 'alerts.db'}",
         pools_path=str(pools) if pools else None)
     ensure_topics(broker.bootstrap_servers, settings)
-    offline = OfflinePipeline(DetectionCore(load_rules(settings.rules, registry=registry)))
+    offline = OfflinePipeline(DetectionCore(load_rules(settings.rules, registry=registry),
+                                            partitions=settings.partitions))
     offline.feed_all(events)
     worker = start_worker(settings, tmp_path / "worker.log")
     try:

@@ -45,7 +45,8 @@ def test_a_killed_worker_ends_with_the_same_books_and_pool_alerts(broker, tmp_pa
     ensure_topics(broker.bootstrap_servers, settings)
 
     # What a replay of the same lines, stopping where the live watermark stops, gives.
-    offline = OfflinePipeline(DetectionCore(load_rules(registry=registry))).feed_all(lines)
+    offline = OfflinePipeline(DetectionCore(load_rules(registry=registry),
+                                            partitions=settings.partitions)).feed_all(lines)
     expected_alerts = {k: a for k, a in offline.alerts.items() if a["rule_id"] in POOL_RULES}
     assert {a["rule_id"] for a in expected_alerts.values()} >= {"pool_deficit",
                                                                 "pool_balance_low"}

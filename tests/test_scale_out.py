@@ -22,7 +22,8 @@ def test_two_workers_then_one(live_settings, tmp_path):
                                    app_id=live_settings.app_id + "-x")
     ensure_topics(settings.bootstrap_servers, settings)
     lines = simulate(days=3, seed=3).events
-    offline = OfflinePipeline(DetectionCore(load_rules())).feed_all(lines)
+    offline = OfflinePipeline(DetectionCore(load_rules(), partitions=settings.partitions)
+                              ).feed_all(lines)
     assert offline.alerts, "the stream should raise at least one alert to compare"
     first = start_worker(settings, tmp_path / "worker-a.log")
     second = start_worker(settings, tmp_path / "worker-b.log")
