@@ -66,6 +66,8 @@ KEYS: dict[str, Callable[[Any], str | None]] = {
     "person": lambda e: getattr(e, "person_id", None),
     "pool": lambda e: e.pool_key,
     "chain": lambda e: getattr(e, "chain_id", None),
+    # The insured person's province: a province-wide model (its pools side by side).
+    "province": lambda e: (getattr(e, "insured_region", None) or "")[:2] or None,
 }
 
 
@@ -297,14 +299,17 @@ class DetectionCore:
                 if after is None:
                     continue  # the rules must not judge a book that failed to roll
                 book = after[0]
-                if book != before:
-                    detection.updates[slot] = {"v": book, "at": stored["at"]}
                 for rule in self._readers.get(step.book_id, ()):
                     own_slot = f"{rule.rule_id}|{key}"
                     own = state.get(own_slot)
                     self._close_one(detection, rule, own_slot, own, when,
                                     lambda r=rule, v=own: r.close(v["v"] if v else None,
                                                                   midnight, book))
+                # Written after its readers' states (see ``commit``): a book rolled
+                # on with a reader's judgement lost would have that reader judge
+                # again from a book that has already folded the days away.
+                if book != before:
+                    detection.updates[slot] = {"v": book, "at": stored["at"]}
             else:
                 self._close_one(detection, step, slot, stored, when,
                                 lambda: step.close(before, midnight))
@@ -327,11 +332,14 @@ class DetectionCore:
         if result is None:
             return
         changed, new_shared, fired, scores = result
+        # The partition's state first, then its keys' (see ``commit``): the shared
+        # state says what this close did, so a close re-run over keys whose new
+        # state was lost can tell what it must not do twice.
+        if new_shared != (shared["v"] if shared else None):
+            detection.updates[shared_slot] = {"v": new_shared, "at": {}}
         for key, value in changed.items():
             detection.updates[f"{rule.rule_id}|{key}"] = {"v": value,
                                                           "at": stored[key]["at"]}
-        if new_shared != (shared["v"] if shared else None):
-            detection.updates[shared_slot] = {"v": new_shared, "at": {}}
         detection.alerts.extend(fired)
         detection.scores.extend(scores)
 
@@ -406,7 +414,14 @@ class DetectionCore:
     def commit(state: MutableMapping[str, Any], detection: "Detection") -> None:
         """Write the new rule states. The live driver calls this only once the
         alerts are acknowledged by the broker: state saved with its alert lost would
-        make the redelivered event look applied and the alert would never come."""
+        make the redelivered event look applied and the alert would never come.
+
+        The slots are written in the order ``updates`` holds them, and that order is
+        chosen so that any *prefix* of the writes is a state a re-run can start from:
+        a worker killed part-way leaves exactly such a prefix in the changelog (one
+        partition, written in order). A close writes each book after the rules that
+        judge from it (the book folds days away once they are judged), and a shared
+        state before its keys' states (it records what the close did)."""
         for slot, value in detection.updates.items():
             state[slot] = value
 

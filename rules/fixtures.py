@@ -39,7 +39,7 @@ from rules.core import DetectionCore, Rule
 CONTRACT = Path(__file__).resolve().parents[2] / "shared" / "contract"
 
 SUBJECT_KINDS = {"pool", "institution", "person", "chain", "settlement"}
-KEY_KINDS = {"pool", "institution", "person", "chain"}
+KEY_KINDS = {"pool", "institution", "person", "chain", "province"}
 RULE_ID = re.compile(r"[a-z][a-z0-9_]{2,63}")
 
 # Rules are pure: no streaming framework, no clock.

@@ -49,7 +49,7 @@ from streams.latency import LatencyRecorder
 from streams.offline import timer_record
 from streams.records import (Reason, Rejected, Settlement, from_canonical, parse,
                              to_canonical)
-from streams.watermark import event_ms, last_midnight, low_mark, merge, to_ms
+from streams.watermark import event_ms, is_late, last_midnight, low_mark, merge, to_ms
 
 log = logging.getLogger("fundwatch.worker")
 
@@ -128,6 +128,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     newest: dict[str, int] = {}
     processed: dict[str, int] = {}
     first_assigned: dict[str, float] = {}
+    caught_up: dict[str, tuple] = {}  # channel → (offset read to its end, since when)
     last_report: dict = {}
     admit_clock = app.Table("admit-clock", default=None, partitions=P)
     detect_clock = app.Table("detect-clock", default=None, partitions=P)
@@ -137,6 +138,14 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     # Copies sent to / handled by the detect stage since start (this process): lets a
     # benchmark see when the last stage, not just admission, has caught up.
     flow = {"routed": 0, "detected": 0}
+    # Held while a batch of source records is parsed and sent on, and while the
+    # timer reports progress between batches. Without it the timer, running while
+    # the batch waited on the producer, reported the batch's newest event time (and
+    # its channels as read to the end) ahead of the batch's own records: admission
+    # forwarded a watermark the records had not caught up with, and under load a
+    # record of the batch reached the detect stage after its day had been closed.
+    progress_lock = asyncio.Lock()
+    closed_here: set[int] = set()  # detect partitions this process has run a close for
 
     async def dead_letter(message, reasons, stage):
         record = deadletter_record(message["raw"], reasons, stage=stage,
@@ -173,54 +182,63 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         """Validate each record; valid ones go on, batched per admission partition
         (the partition their key — their own id, or a reversal's original — hashes to)."""
         async for events in stream.take_events(BATCH_RECORDS, within=BATCH_WAIT_S):
-            try:
-                groups: dict[int, list] = {}
-                for item in events:
-                    msg = item.message
-                    channel = f"{msg.topic}/{msg.partition}"
-                    processed[channel] = msg.offset
-                    source = {"raw": msg.value, "topic": msg.topic,
-                              "partition": msg.partition, "offset": msg.offset, "key": msg.key}
-                    try:
-                        event = parse(msg.value)
-                    except Rejected as exc:
-                        validate_rejected["count"] += 1
-                        await dead_letter(source, exc.reasons, "validate")
-                        latency.record_since(msg.timestamp, time.time())
-                        continue
-                    except Exception as exc:  # noqa: BLE001 - a record never stops the worker
-                        log.exception("ingest failed on %s/%s/%s", msg.topic, msg.partition,
-                                      msg.offset)
-                        validate_rejected["count"] += 1
-                        await dead_letter(source, [internal_error(exc)], "validate")
-                        continue
-                    t = event_ms(event)
-                    newest[channel] = max(newest.get(channel, t), t)
-                    key = admission_key(event).encode()
-                    groups.setdefault(partition_of(key, P), []).append({
-                        "src": f"{msg.topic}/{msg.partition}/{msg.offset}",
-                        "ts": msg.timestamp,  # producer's CreateTime (Faust: seconds)
-                        "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
-                        "key": msg.key.decode("utf-8", "backslashreplace") if msg.key else None,
-                        "raw": msg.value.decode("utf-8"),  # parse() accepted it: UTF-8
-                    })
-                report = source_report()
-                await send_batches(admit_topic, groups, {"wm": report})
-                last_report.clear()
-                last_report.update(report)
-            except Exception as exc:  # noqa: BLE001
-                stop_hard("ingest", exc)
+            async with progress_lock:
+                await ingest_batch(events)
+
+    async def ingest_batch(events) -> None:
+        try:
+            groups: dict[int, list] = {}
+            for item in events:
+                msg = item.message
+                channel = f"{msg.topic}/{msg.partition}"
+                processed[channel] = msg.offset
+                source = {"raw": msg.value, "topic": msg.topic,
+                          "partition": msg.partition, "offset": msg.offset, "key": msg.key}
+                try:
+                    event = parse(msg.value)
+                except Rejected as exc:
+                    validate_rejected["count"] += 1
+                    await dead_letter(source, exc.reasons, "validate")
+                    latency.record_since(msg.timestamp, time.time())
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a record never stops the worker
+                    log.exception("ingest failed on %s/%s/%s", msg.topic, msg.partition,
+                                  msg.offset)
+                    validate_rejected["count"] += 1
+                    await dead_letter(source, [internal_error(exc)], "validate")
+                    continue
+                t = event_ms(event)
+                newest[channel] = max(newest.get(channel, t), t)
+                key = admission_key(event).encode()
+                groups.setdefault(partition_of(key, P), []).append({
+                    "src": f"{msg.topic}/{msg.partition}/{msg.offset}",
+                    "ts": msg.timestamp,  # producer's CreateTime (Faust: seconds)
+                    "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+                    "key": msg.key.decode("utf-8", "backslashreplace") if msg.key else None,
+                    "raw": msg.value.decode("utf-8"),  # parse() accepted it: UTF-8
+                })
+            report = source_report()
+            await send_batches(admit_topic, groups, {"wm": report})
+            last_report.clear()
+            last_report.update(report)
+        except Exception as exc:  # noqa: BLE001
+            stop_hard("ingest", exc)
 
     def source_report() -> dict[str, list]:
         """[newest event time, idle] of every source partition assigned here.
 
         Idle = nothing left to read, judged afresh at every report for every channel
         (not only those in the batch: the fetch that brought one partition's records
-        also tells whether the others have new ones). A channel this process has not
-        read from since it started is busy with no time of its own (the tables keep
-        the time it had) until records have been able to flow for IDLE_AFTER_S and
-        it delivered none: after a restart its old "idle" must not let the
-        watermark run ahead of records it is about to deliver."""
+        also tells whether the others have new ones), and only once it has stayed so
+        for CAUGHT_UP_S: the end of a partition is known from the last fetch answer,
+        which a loaded worker may not have renewed while the producers write on.
+
+        A channel this process has not read from since it started is busy with no
+        time of its own (the tables keep the time it had) while the broker holds
+        records past its committed position, or until records have been able to
+        flow for IDLE_AFTER_S and it delivered none: after a restart its old "idle"
+        must not let the watermark run ahead of records it is about to deliver, and
+        a loaded worker may take longer than that to read its first records."""
         report = {}
         now = time.monotonic()
         if app.in_recovery or app.rebalancing:
@@ -237,29 +255,47 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             except Exception:  # noqa: BLE001 - no fetch answer yet: busy
                 highwater = None
             if channel in processed:
-                idle = highwater is not None and processed[channel] + 1 >= highwater
+                idle = False
+                if highwater is None or processed[channel] + 1 < highwater:
+                    caught_up.pop(channel, None)
+                else:
+                    offset, since = caught_up.get(channel, (None, now))
+                    if offset != processed[channel]:  # read on since: caught up anew
+                        offset, since = processed[channel], now
+                    caught_up[channel] = (offset, since)
+                    idle = now - since >= CAUGHT_UP_S
                 report[channel] = [newest.get(channel), idle]
             else:
-                quiet = not (app.in_recovery or app.rebalancing) and \
-                    now - first_assigned[channel] >= IDLE_AFTER_S
+                quiet_for = now - first_assigned[channel]
+                quiet = not (app.in_recovery or app.rebalancing) and (
+                    quiet_for >= IDLE_AFTER_S and not waiting(tp, highwater)
+                    or quiet_for >= 6 * IDLE_AFTER_S)  # its committed position unknown
                 report[channel] = [None, quiet]
         return report
+
+    def waiting(tp, highwater: int | None) -> bool:
+        """Whether the broker holds records of a partition this process has not read
+        from yet past the group's committed position (Faust's own record of it; a
+        consumer without one falls back to quiet-for-IDLE_AFTER_S)."""
+        committed = getattr(app.consumer, "_committed_offset", {}).get(tp)
+        return highwater is not None and highwater > (committed or 0)
 
     @app.timer(IDLE_CHECK_S)
     async def report_sources():
         """Between batches, tell admission when a source partition turns idle (the
         last day of a replay closes; a quiet night does not hold every day open)."""
-        try:
-            report = source_report()
-        except Exception:  # noqa: BLE001 - not started or rebalancing: next time
-            return
-        if report and report != last_report:
+        async with progress_lock:
             try:
-                await send_batches(admit_topic, {}, {"wm": report})
-            except Exception as exc:  # noqa: BLE001
-                stop_hard("ingest", exc)
-            last_report.clear()
-            last_report.update(report)
+                report = source_report()
+            except Exception:  # noqa: BLE001 - not started or rebalancing: next time
+                return
+            if report and report != last_report:
+                try:
+                    await send_batches(admit_topic, {}, {"wm": report})
+                except Exception as exc:  # noqa: BLE001
+                    stop_hard("ingest", exc)
+                last_report.clear()
+                last_report.update(report)
 
     @app.agent(admit_topic)
     async def admission(stream):
@@ -325,7 +361,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         async for item in stream.events():
             try:
                 message = orjson.loads(item.message.value)
-                await detect_batch(message["items"])
+                await detect_batch(item.message.partition, message["items"])
                 if "q" in message:
                     await advance(item.message.partition, message["q"], message["wm"])
             except Exception as exc:  # noqa: BLE001
@@ -339,6 +375,14 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         low = low_mark(views.values()) if len(views) == P else None
         if low is not None and core.has_timers:
             midnight = last_midnight(low - lateness_ms)
+            if clock["closed"] is not None and to_ms(midnight) <= clock["closed"] \
+                    and partition not in closed_here:
+                # This process's first close of the partition runs the last one again
+                # (a close is idempotent): a worker killed part-way through it may
+                # have saved this clock but not every state the close wrote (another
+                # table, another changelog).
+                midnight = datetime.fromtimestamp(clock["closed"] / 1000, SHANGHAI)
+                clock["closed"] = None
             if clock["closed"] is None or to_ms(midnight) > clock["closed"]:
                 slots = [slot for slot in list(rule_state.keys())
                          if (found := core.closing_slot(slot))
@@ -359,6 +403,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                         [Reason("rule_failed", message) for _, message in detection.failures],
                         "detect")
                 clock["closed"] = to_ms(midnight)
+                closed_here.add(partition)
         if clock != detect_clock.get(str(partition)):
             detect_clock[str(partition)] = clock
 
@@ -370,7 +415,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         for ack in acks:
             await ack
 
-    async def detect_batch(batch) -> None:
+    async def detect_batch(partition: int, batch) -> None:
         """A batch's records against the rule state, through an overlay: each state
         slot is written to the table (and its changelog) once per batch, not once
         per record — a pool's book changes with every record of the pool, and the
@@ -379,9 +424,12 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         DetectionCore.commit): a crash in between re-runs the batch."""
         overlay = StateOverlay(rule_state)
         alerts = []
+        clock = detect_clock.get(str(partition)) or {"views": {}, "closed": None}
+        late = 0
         for routed in batch:
-            detection = core.process(routed["kind"], routed["key"],
-                                     from_canonical(routed["event"]), overlay,
+            event = from_canonical(routed["event"])
+            late += is_late(event, clock["closed"])
+            detection = core.process(routed["kind"], routed["key"], event, overlay,
                                      position=tuple(routed["pos"]))
             core.commit(overlay, detection)
             alerts.extend(detection.alerts)
@@ -389,6 +437,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                 await rule_failed(routed, detection)
         await send_alerts(Detection(alerts, [], {}))
         overlay.save()
+        if late:
+            detect_clock[str(partition)] = {**clock, "late": clock.get("late", 0) + late}
         now = time.time()
         for routed in batch:
             flow["detected"] += 1
@@ -493,6 +543,9 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             # (epoch ms) — how far the stream's days are judged.
             "closed": {p: clock["closed"] for p, clock in detect_clock.items()
                        if clock and clock.get("closed") is not None},
+            # Per detect partition: copies that arrived after their day was closed
+            # (streams.watermark.is_late); the replay counts the same.
+            "late": {p: clock.get("late", 0) for p, clock in detect_clock.items() if clock},
         }))
 
     app.fundwatch_core = core  # for tests and the demo's summary
@@ -506,6 +559,7 @@ BATCH_WAIT_S = 0.05
 BATCH_POSITIONS = 1000  # > BATCH_RECORDS: (offset, index) packed into one number
 IDLE_CHECK_S = 1.0  # how often the source partitions' progress is looked at between batches
 IDLE_AFTER_S = 5.0  # a source partition unread since start and quiet this long is idle
+CAUGHT_UP_S = 2.0  # a source partition read to its end is idle once it stays so this long
 MAX_BATCH_BYTES = 256 * 1024
 
 

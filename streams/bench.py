@@ -83,7 +83,7 @@ def _phase_settings(base: Settings, name: str, out: Path) -> Settings:
 
 
 async def _throughput(settings: Settings, events: list[bytes], out: Path) -> dict:
-    n = await produce(settings, events)
+    n = await produce(settings, events, in_step_s=None)  # all in before the worker starts
     raw = await raw_consumer_rate(settings, n)
     _say(f"raw aiokafka consumer: {raw:,.0f} records/s")
     watcher = Watcher(settings)

@@ -112,6 +112,12 @@ def _replay(args, settings: Settings) -> int:
     if args.balances_out:
         rows = write_balances(result, registry, args.balances_out)
         print(f"balances: {rows} pool-months in {args.balances_out}", file=sys.stderr)
+    if args.structural_out:
+        from sinks.structural import structural_rows, write_structural
+
+        rows = write_structural(structural_rows(result.pipeline.state, registry),
+                                args.structural_out)
+        print(f"structural risk: {rows} pool-months in {args.structural_out}", file=sys.stderr)
     if args.export:
         from sinks.balances import balance_rows, books_in, with_registry_pools
         from sinks.exports import write_exports
@@ -152,26 +158,88 @@ def _write_report(args, settings, registry, result, period, topics) -> None:
     Path(args.report).write_text(html, encoding="utf-8")
 
 
+def _rule_state(args, settings: Settings, registry, command: str, prefix: str
+                ) -> tuple[dict, str] | None:
+    """The rule-state slots starting with ``prefix``: from a replay of the FILEs, or
+    from the running deployment's changelog; and where they came from."""
+    if args.files:
+        import io
+
+        from streams.replay import replay
+
+        # The rejected lines are `fundwatch validate`'s and `replay`'s to list.
+        result = replay(args.files, settings, registry, report=io.StringIO())
+        rejected = result.pipeline.counts["rejected"]
+        return result.pipeline.state, ", ".join(args.files) + " (replayed" + (
+            f"; {rejected} rejected records left out)" if rejected else ")")
+    if settings.embedded_broker:
+        print(f"fundwatch {command}: no deployment to read (FUNDWATCH_BOOTSTRAP_SERVERS is "
+              "unset); give a FILE to replay instead", file=sys.stderr)
+        return None
+    from streams.live import read_table
+
+    return (read_table(settings, "rule-state", prefix=prefix),
+            f"deployment {settings.app_id} at {settings.bootstrap_servers}")
+
+
+def _structural(args, settings: Settings) -> int:
+    """Each pool's standard (risk-adjusted) expenditure, actual spending and
+    structural share (sinks.structural), from a replay or the deployment."""
+    from sinks.structural import (group_rows, latest, render_structural, structural_rows,
+                                  write_groups, write_structural)
+
+    registry = _load_registry(args.pools, settings)
+    if args.groups_out and not args.files:
+        print("fundwatch structural: --groups-out needs the FILEs the settlements are in",
+              file=sys.stderr)
+        return 2
+    found = _rule_state(args, settings, registry, "structural", "management_overspend|")
+    if found is None:
+        return 2
+    state, where = found
+    rows = structural_rows(state, registry, month=args.month)
+    if not rows:
+        print(f"fundwatch structural: no month judged yet in {where}"
+              + (f" for {args.month}" if args.month else ""), file=sys.stderr)
+        return 1
+    print(f"structural risk of {where}")
+    for line in render_structural(rows if args.month else latest(rows)):
+        print(line)
+    if args.csv:
+        n = write_structural(rows, args.csv)
+        print(f"{n} pool-months in {args.csv}", file=sys.stderr)
+    if args.groups_out:
+        from rules.builtin.management_overspend import ManagementOverspend
+        from streams.records import Rejected, parse
+        from streams.replay import read_lines
+
+        conf = {k: v for k, v in settings.rules.get("management_overspend", {}).items()
+                if k not in ("enabled", "provinces")}
+        rule = ManagementOverspend(registry=registry, **conf)
+
+        def events():
+            for path in args.files:
+                for line in read_lines(path):
+                    try:
+                        yield parse(line)
+                    except Rejected:
+                        continue
+        n = write_groups(group_rows(events(), state, rule), args.groups_out)
+        print(f"{n} inpatient settlements with their groups in {args.groups_out}",
+              file=sys.stderr)
+    return 0
+
+
 def _pools(args, settings: Settings) -> int:
     from rules.builtin.pool_balance_low import PoolBalanceLow
     from rules.provincial import provincial_positions, render_positions
     from sinks.balances import books_in, pool_lines, render_pools, with_registry_pools
 
     registry = _load_registry(args.pools, settings)
-    if args.files:
-        from streams.replay import replay
-
-        state = replay(args.files, settings, registry).pipeline.state
-        where = ", ".join(args.files) + " (replayed)"
-    elif settings.embedded_broker:
-        print("fundwatch pools: no deployment to read (FUNDWATCH_BOOTSTRAP_SERVERS is unset); "
-              "give a FILE to replay instead", file=sys.stderr)
+    found = _rule_state(args, settings, registry, "pools", "pool_fund|")
+    if found is None:
         return 2
-    else:
-        from streams.live import read_table
-
-        state = read_table(settings, "rule-state", prefix="pool_fund|")
-        where = f"deployment {settings.app_id} at {settings.bootstrap_servers}"
+    state, where = found
     books = with_registry_pools(books_in(state), registry)
     conf = dict(settings.rules.get("pool_balance_low", {}))
     conf.pop("enabled", None)
@@ -239,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
                         "order they were scored (deterministic)")
     p.add_argument("--report", metavar="REPORT.html",
                    help="a self-contained HTML report to hand on")
+    p.add_argument("--structural-out", metavar="STRUCTURAL.csv",
+                   help="each pool's standard (risk-adjusted) and actual expenditure and "
+                        "structural share, per judged month")
     p.add_argument("--export", metavar="DIR",
                    help="alerts and balances as CSV and Parquet (pandas) in DIR")
     p.add_argument("--from", dest="from_", metavar="DATE",
@@ -259,6 +330,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("files", nargs="*", metavar="FILE",
                    help="replay these files; without: read the running deployment")
     p.add_argument("--pools", help="the pool registry (default: FUNDWATCH_POOLS_PATH)")
+
+    p = sub.add_parser("structural", help="each pool's risk-adjusted standard expenditure, "
+                                          "actual spending and structural share")
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="replay these files; without: read the running deployment")
+    p.add_argument("--pools", help="the pool registry (default: FUNDWATCH_POOLS_PATH)")
+    p.add_argument("--month", metavar="YYYY-MM",
+                   help="this month (default: each province's last judged month)")
+    p.add_argument("--csv", metavar="OUT.csv", help="every judged pool-month as CSV")
+    p.add_argument("--groups-out", metavar="GROUPS.csv",
+                   help="each inpatient settlement's groups (AGG, DG, MG, HMG) and standard "
+                        "payment (needs FILEs)")
 
     p = sub.add_parser("bench", help="measure the live path through the broker")
     p.add_argument("--quick", action="store_true", help="a short run (about a minute)")
@@ -293,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
             return _replay(args, settings)
         if args.command == "pools":
             return _pools(args, settings)
+        if args.command == "structural":
+            return _structural(args, settings)
         if args.command == "bench":
             return _bench(args)
         if args.command == "rules":

@@ -24,6 +24,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from infra.broker import kafka_client_options
 from infra.config import Settings
 from infra.tansu import true_end_offsets
+from streams.records import Rejected, parse
+from streams.watermark import event_ms
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -91,17 +93,36 @@ def input_topic(settings: Settings, line: bytes) -> tuple[str, bytes | None]:
     return settings.topic("settlements"), str(key).encode() if isinstance(key, str) else None
 
 
-async def produce(settings: Settings, lines: Iterable[bytes], *, rate_per_s: float | None = None
-                  ) -> int:
+async def produce(settings: Settings, lines: Iterable[bytes], *, rate_per_s: float | None = None,
+                  in_step_s: int | None = 3600) -> int:
+    """Send ``lines`` to their input topics, in order.
+
+    ``in_step_s``: wait for the broker to hold everything sent so far whenever the
+    records' event time has moved on this much since the last wait. A live source's
+    partitions move together; a producer's per-partition batches do not (a batch
+    waits until it is full, and one partition's can hold days of event time while
+    another's has gone), and a worker would rightly take the partition that has
+    caught up for idle and close days whose records are still in the producer.
+    None: as fast as the producer goes (benchmarks)."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers,
                                 linger_ms=5, max_batch_size=256 * 1024,
                                 **kafka_client_options(settings))
     await producer.start()
     n = 0
     started = time.monotonic()
+    step_ms = in_step_s * 1000 if in_step_s else None
+    flushed_at: int | None = None
     try:
         for line in lines:
             topic, key = input_topic(settings, line)
+            if step_ms is not None:
+                t = _event_ms_or_none(line)
+                if t is not None:
+                    if flushed_at is None:
+                        flushed_at = t
+                    elif t - flushed_at >= step_ms:
+                        await producer.flush()
+                        flushed_at = t
             await producer.send(topic, line, key=key)
             n += 1
             if rate_per_s and n % 100 == 0:
@@ -112,6 +133,14 @@ async def produce(settings: Settings, lines: Iterable[bytes], *, rate_per_s: flo
     finally:
         await producer.stop()
     return n
+
+
+def _event_ms_or_none(line: bytes) -> int | None:
+    """The event time of a valid record; None for one the worker will reject."""
+    try:
+        return event_ms(parse(line))
+    except Rejected:
+        return None
 
 
 @dataclass
@@ -126,7 +155,8 @@ class Observed:
     latency: dict[str, dict] = field(default_factory=dict)  # worker → latest summary
     flow: dict[str, tuple] = field(default_factory=dict)  # worker → (counts, seen at)
     closed: dict[str, int] = field(default_factory=dict)  # detect partition → midnight (ms)
-    scores: dict[str, dict] = field(default_factory=dict)  # settlement id → model scores
+    late: dict[str, int] = field(default_factory=dict)  # detect partition → late copies
+    scores: dict[str, dict] = field(default_factory=dict)  # settlement id → its score record
 
     def count(self, outcome: str) -> int:
         return sum(v for k, v in self.admit_counts.items() if k.endswith("/" + outcome))
@@ -211,7 +241,7 @@ class Watcher:
                     if self.on_alert:
                         self.on_alert(value, previous)
                 elif tp.topic == s.topic("scores"):
-                    o.scores[value["settlement_id"]] = value["scores"]
+                    o.scores[value["settlement_id"]] = value
                 elif tp.topic == s.topic("deadletter"):
                     # At-least-once: a record redelivered after a crash may be
                     # dead-lettered twice; its source position identifies it.
@@ -231,6 +261,8 @@ class Watcher:
                         o.flow[value["worker"]] = (value["flow"], time.monotonic())
                     for part, ms in value.get("closed", {}).items():
                         o.closed[part] = max(o.closed.get(part, ms), ms)
+                    for part, n in value.get("late", {}).items():
+                        o.late[part] = max(o.late.get(part, n), n)
 
     async def until(self, predicate, timeout_s: float, tick=None) -> bool:
         deadline = time.monotonic() + timeout_s

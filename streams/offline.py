@@ -20,7 +20,7 @@ from rules.core import DetectionCore
 from streams.admission import admit
 from streams.deadletter import deadletter_record
 from streams.records import Reason, Rejected, from_canonical, parse, to_canonical
-from streams.watermark import DEFAULT_LATENESS_S, event_ms, last_midnight, to_ms
+from streams.watermark import DEFAULT_LATENESS_S, event_ms, is_late, last_midnight, to_ms
 
 
 @dataclass
@@ -77,6 +77,8 @@ class OfflinePipeline:
         canonical = to_canonical(event)
         event = from_canonical(canonical)
         for kind, key in self.core.routes(event):
+            if is_late(event, self.closed_ms):
+                self.counts["late"] += 1  # copies, as the live detect stage counts them
             detection = self.core.process(kind, key, event, self.state,
                                           position=verdict.position)
             self.core.commit(self.state, detection)

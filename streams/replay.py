@@ -379,10 +379,11 @@ def summary_lines(result: ReplayResult) -> list[str]:
                                                        sorted(p.reasons.items())))
     if p.counts["rule_failed"]:
         out.append(f"rule failures (dead-lettered): {p.counts['rule_failed']}")
-    late = sum(book.get("late", 0) for book in books_in(p.state).values())
-    if late:
-        out.append(f"late records (after their day was judged; counted in the balances): "
-                   f"{late}")
+    booked_late = sum(book.get("late", 0) for book in books_in(p.state).values())
+    if p.counts["late"] or booked_late:
+        out.append(f"late records (arrived after their day was closed: still counted, the "
+                   f"day not judged again): {p.counts['late']} copies at the detect stage, "
+                   f"{booked_late} in the pool balances")
     by_rule = Counter(a["rule_id"] for a in result.alerts)
     out.append(f"{len(result.alerts)} alerts" + (": " + ", ".join(
         f"{rule} {n}" for rule, n in sorted(by_rule.items())) if by_rule else ""))

@@ -153,6 +153,11 @@ SURGE_MIN_EXCESS = 12_000_000
 #: two-proportion z of at least ``SIPHON_MIN_Z``. Each of the four months holds at least
 #: ``SIPHON_MIN_STAYS`` of the pool's stays (topped up with ordinary stays in a small
 #: sample), comfortably above the rule's default guard of 20.
+#: The injected management overspend (管理风险): this pool's stays at its own city's
+#: hospitals cost ``OVERSPEND_FACTOR`` times what the same case mix costs elsewhere,
+#: in every month (lax claim review, not sicker patients).
+OVERSPEND_POOL = ("440300", "employee")
+OVERSPEND_FACTOR = 1.6
 SIPHON_POOL = ("440900", "resident")
 SIPHON_MIN_PP = 25
 SIPHON_MIN_Z = 4.0
@@ -579,6 +584,7 @@ class _Builder:
         self._assign_ids()
         lines = self._serialise()
         self._pool_truth()
+        self._overspend_truth()
         for t in self.truth:  # events -> the ids they were given
             if "settlement_ids" in t:
                 t["settlement_ids"] = [self.sid(e) if isinstance(e, _Ev) else e
@@ -959,6 +965,9 @@ class _Builder:
         if dxs is None:
             dxs = self._secondaries(rnd, dx, self.age(p, dis), 0.55)
         if total is None:
+            if self.p_pool[p] == self.overspend_pool and \
+                    self.inst_region[inst] == self.p_region[p]:
+                cost_mult *= OVERSPEND_FACTOR
             yuan = (info.ip_cost * LEVEL_IP_COST[level] * cost_mult
                     * (1.1 if self.inst_capital_l3[inst] else 1.0)
                     * (max(los, 1) / max(info.los, 1)) ** 0.6 * 1.12 ** (len(dxs) - 1)
@@ -1032,6 +1041,7 @@ class _Builder:
 
     def _plan_anomalies(self) -> None:
         """Choose the anomaly actors first, then settle their stays and visits."""
+        self.overspend_pool = self.pool_index[OVERSPEND_POOL]
         rng = self.rng("anomaly-stays")
         rnd = rng.random
         pi = self.pool_index
@@ -2516,6 +2526,25 @@ class _Builder:
         lines += part
         assert len(lines) == len(allev)
         return lines
+
+    def _overspend_truth(self) -> None:
+        """The overspending pool, once per calendar month of the stream: its inpatient
+        stays, dearest first, are what an auditor pulls."""
+        region, ins = OVERSPEND_POOL
+        by_month: dict[str, list[_Ev]] = defaultdict(list)
+        for ev in self.events:
+            if ev.pool == self.overspend_pool and ev.vt == "inpatient" and ev.tag == "bg":
+                by_month[self.month[ev.day]].append(ev)
+        for m, evs in sorted(by_month.items()):
+            window = month_window(m)
+            self.truth.append({
+                "anomaly": "management_overspend", "subject": {"kind": "pool",
+                                                                "id": f"{region}:{ins}"},
+                "regions": [region], "window": window,
+                "settlement_ids": sorted(evs, key=lambda e: (-e.fund, e.day, e.sec))[:10],
+                "note": f"{CITY_NAME[region]} {ins} pool: its own hospitals bill "
+                        f"{OVERSPEND_FACTOR:.2f}× for the same case mix (管理风险)",
+                "injected": True})
 
     def _pool_truth(self) -> None:
         """Pool findings as the contract's monthly balances show them (exact, in fen).

@@ -60,6 +60,22 @@ def event_ms(event) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def is_late(event, closed_ms: int | None) -> bool:
+    """A record arriving after the day of its event time was closed: it still counts
+    in what it adds to, but that day is not judged again. Both drivers count such
+    copies at the detect stage; a live worker should have none that a replay of the
+    same stream has not (its watermark is never ahead of the replay's).
+
+    >>> from types import SimpleNamespace as E
+    >>> from datetime import datetime
+    >>> from rules.alerts import SHANGHAI
+    >>> e = E(kind="settlement", settled_at=datetime(2025, 3, 1, 23, tzinfo=SHANGHAI))
+    >>> is_late(e, None), is_late(e, to_ms(datetime(2025, 3, 2, tzinfo=SHANGHAI)))
+    (False, True)
+    """
+    return closed_ms is not None and event_ms(event) < closed_ms
+
+
 def merge(view: ChannelView, update: ChannelView) -> dict[str, list]:
     """A channel view with newer reports folded in: times only grow; idleness is
     whatever the channel said last (its reports arrive in order).

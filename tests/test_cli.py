@@ -104,13 +104,22 @@ def test_demo_end_to_end_on_a_configured_cluster(broker, tmp_path):
     received = received.split("elapsed")[0]
     assert "review: joint (双地联查)" in received
     assert not re.search(r"\b\d{6}[ER]\d{7}\b", received)  # the simulator's person ids
+    # The province's overspending pool, judged against its risk-adjusted standard.
+    structural = summary.split("management overspend (管理风险)")[1]
+    overspend = [line for line in structural.split("structural risk:")[0].splitlines()
+                 if line.strip() and " info " not in line]
+    assert len(overspend) >= 1 and all("440300:employee" in line for line in overspend)
+    assert "structural share" in structural
     # The auditor's replay of the same stream, offline, gives the live worker's alerts,
-    # id and content, and writes its report.
-    # (phantom_bed is counted apart: its live scores can drift under load, a known gap.)
-    replayed = re.search(r"auditor's replay +([\d,]+) +rule alerts offline .*; ([\d,]+) "
+    # id and content (every rule, the online model's too), the same scores, no record
+    # late live that was not late in the replay; and writes its report.
+    replayed = re.search(r"auditor's replay +([\d,]+) +alerts offline .*; ([\d,]+) "
                          r"identical to the store's ([\d,]*\d)", out)
     assert replayed, out[-2000:]
     assert replayed.group(1) == replayed.group(2) == replayed.group(3)
-    assert re.search(r"phantom_bed +[\d,]+ +offline, [\d,]+ live; [\d,]+ identical", out)
+    scores = re.search(r"model scores +([\d,]+) +offline, ([\d,]+) live; ([\d,]+) identical",
+                       out)
+    assert scores and scores.group(1) == scores.group(2) == scores.group(3), out[-2000:]
+    assert re.search(r"late at detection +0 +live, 0 in the replay", out)
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>") and "<script" not in html

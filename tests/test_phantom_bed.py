@@ -261,7 +261,7 @@ def test_live_worker_and_replay_give_the_same_scores(broker, tmp_path, stream):
                                                   timeout_s=120, closed_through=midnight))
     finally:
         stop_worker(worker)
-    replayed = {s["settlement_id"]: s["scores"] for s in offline.scores}
+    replayed = {s["settlement_id"]: s for s in offline.scores}  # score, place, partition
     assert len(replayed) > 100
     assert observed.scores == replayed
     mine = {k: a for k, a in offline.alerts.items() if a["rule_id"] == "phantom_bed"}

@@ -179,5 +179,7 @@ def test_replay_writes_a_score_for_every_inpatient_settlement(province, capsys, 
     scored = [line["settlement_id"] for line in lines]
     assert len(scored) == len(set(scored)) and set(scored) <= stays
     assert stays - set(scored) <= reversed_ids
-    assert all(set(line) == {"settlement_id", "scores"} and
-               0.0 <= line["scores"]["phantom_bed"] <= 1.0 for line in lines)
+    # The contract's two fields, and where the model scored it (optional fields).
+    assert all(set(line) == {"settlement_id", "scores", "scored_before", "partition"} and
+               0.0 <= line["scores"]["phantom_bed"] <= 1.0 and
+               line["scored_before"]["phantom_bed"] >= 0 for line in lines)

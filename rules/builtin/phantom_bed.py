@@ -35,7 +35,9 @@ How it is decided (event time):
   (pickle, zlib, base64) taken every ``checkpoint_every`` scored stays and the
   feature vectors scored since (the journal). A restarted worker restores the
   checkpoint and replays the journal: it resumes warm, exactly where the stopped one
-  was. The state is written with each close, after its alerts are acknowledged.
+  was. The state is written with each close, after its alerts are acknowledged, and
+  before the persons' states; it names the stays that close scored, so a close run
+  again after a worker was killed between those writes does not learn them twice.
 * **Alert identity**: subject the settlement, window from admission (00:00) to the
   settlement; so a replay gives the same ``alert_id``.
 * **Reversals** (冲正) are decided by event time, never by when they arrived: a stay
@@ -198,6 +200,11 @@ class PhantomBed(Rule):
         # not the replay's): it must not decide, so the stay is scored either way.
         ready = [r for r in ready
                  if r[1] not in reversed_before(states[r[2]]["h"], _next_midnight(r[0]))]
+        # Stays the last close scored whose persons' new state was lost (a worker
+        # killed between the writes: the shared state is written first) are taken
+        # off their persons' lists, not learned a second time.
+        learned = set(shared.get("last", ())) if shared else set()
+        ready = [r for r in ready if r[1] not in learned]
         changed = {key: {**states[key], "due": [d for d in states[key]["due"]
                                                 if d["ms"] >= until]} for key in done}
         if not ready:
@@ -216,12 +223,17 @@ class PhantomBed(Rule):
             journal.append(vector(features))
             if len(journal) >= self.p["checkpoint_every"]:
                 ckpt, journal = model.checkpoint(), []
+            # Where and after how many stays it was scored: what a live/replay
+            # comparison needs to tell a different order from different features.
             scores.append({"settlement_id": sid,
-                           "scores": {self.rule_id: round(decision.score, 6)}})
+                           "scores": {self.rule_id: round(decision.score, 6)},
+                           "scored_before": {self.rule_id: model.n - 1},
+                           "partition": shard})
             if decision.alarm:
                 alerts.append(self._alert(key, due, features, standouts, decision,
                                           [entry[1] for entry in seen], model.n))
-        new_shared = {"n": model.n, "ckpt": ckpt, "journal": journal}
+        new_shared = {"n": model.n, "ckpt": ckpt, "journal": journal,
+                      "last": [r[1] for r in ready]}
         return changed, new_shared, alerts, scores
 
     def _alert(self, person, due, features, standouts, decision, elsewhere, n) -> dict:

@@ -1,0 +1,245 @@
+"""Standard (risk-adjusted) expenditure: what a stay should cost given who and how ill.
+
+A least-squares regression of log(fund_paid) — and of log(total_cost) — on the
+age-sex group (AGG), the hierarchical morbidity group (HMG, ``detectors.groups``)
+and controls (the treating hospital's level, whether it is in a provincial
+capital, the insurance type, and whether the stay was at home, elsewhere in the
+province or in another province — the reimbursement share differs by policy), learned
+one inpatient settlement at a time.
+
+**How it learns.** Every regressor is an indicator, so a stay is fully described by
+its *cell*: AGG, diagnosis category, severity, level, capital, insurance type, care. The
+model keeps, per cell, the sufficient statistics of least squares — count, Σy, Σy²,
+Σ yuan paid (and the same for total cost) — updated with each settlement in O(1).
+At a month's close the normal equations are solved over the cells (weighted least
+squares on cell means, which gives exactly the coefficients of ordinary least squares
+on the individual stays). Measured against River's ``LinearRegression`` (SGD) on the
+same stream (``bench/structural_quality.py``), this is exact where SGD still drifts
+after a pass, needs no learning rate, and — since sums do not care about order — a
+live worker and a replay hold the same model whatever order the records came in.
+Logarithms are kept as integers (1e-4 units): the sums are exact, so a reversal
+takes its stay out to the last digit.
+
+**Retransformation** to yuan uses Duan's smearing estimate: predicted payment =
+exp(x'β) × mean(exp(residual)), computed exactly from the cells (Σ over a cell of
+exp(y) is its total paid).
+
+>>> cells = {}
+>>> for sex, age, dx, yuan in [("F", 70, "J18.9", 9000), ("F", 68, "J18.9", 11000),
+...                             ("M", 40, "K35.8", 15000), ("M", 39, "K35.8", 13000),
+...                             ("F", 70, "K35.8", 14000), ("M", 40, "J18.9", 10500)]:
+...     add(cells, cell_of(sex, age, [dx], 2, False, "employee"), yuan * 100, yuan * 125)
+>>> fit = solve(cells, bins={"J18": 1, "K35": 5})
+>>> fit.n, round(fit.r2["fund_paid"], 3)
+(6, 0.833)
+>>> round(fit.predicted_fen(cell_of("F", 70, ["J18.9"], 2, False, "employee")) / 100)
+10070
+"""
+from __future__ import annotations
+
+import base64
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import numpy as np
+import orjson
+
+from detectors.groups import agg, category, chapter, severity
+
+#: Logarithms are summed as integers in these units (exact, order-free sums).
+LOG_UNITS = 10_000
+
+# Statistics of a cell: count, Σ log fund_paid, Σ (log fund_paid)², Σ fund_paid (fen),
+# Σ log total_cost, Σ (log total_cost)², Σ total_cost (fen). Logs in LOG_UNITS.
+N, SY, SYY, PAID, SYC, SYYC, COST = range(7)
+TARGETS = {"fund_paid": (SY, SYY, PAID), "total_cost": (SYC, SYYC, COST)}
+
+
+#: Where the stay was, as the reimbursement rules see it (a filed or unfiled stay away
+#: from home is paid at a lower share: policy, not the pool's management).
+CARE = ("home", "province", "away")
+
+
+def cell_of(sex: str, age: int, diagnoses: Iterable[str] | None, level, capital: bool,
+            insurance_type: str, care: str = "home") -> str:
+    """``AGG|category|severity|level|capital|insurance type|care`` of a stay."""
+    diagnoses = list(diagnoses or ())
+    primary = diagnoses[0] if diagnoses else None
+    return (f"{agg(sex, age)}|{category(primary)}|{severity(diagnoses)}|{level}|"
+            f"{int(bool(capital))}|{insurance_type}|{care}")
+
+
+def log_units(fen: int) -> int:
+    return round(math.log(fen) * LOG_UNITS)
+
+
+def add(cells: dict, cell: str, paid_fen: int, cost_fen: int, sign: int = 1) -> None:
+    """Count one stay into ``cells`` (sign −1 takes a reversed one out). Stays the
+    fund paid nothing for have no logarithm: the caller counts them apart."""
+    y, yc = log_units(paid_fen), log_units(cost_fen)
+    stats = cells.get(cell) or [0] * 7
+    cells[cell] = [stats[N] + sign, stats[SY] + sign * y, stats[SYY] + sign * y * y,
+                   stats[PAID] + sign * paid_fen, stats[SYC] + sign * yc,
+                   stats[SYYC] + sign * yc * yc, stats[COST] + sign * cost_fen]
+
+
+def merge(into: dict, cells: Mapping[str, list]) -> dict:
+    """``into`` with ``cells`` added, cell by cell (a new dict)."""
+    out = dict(into)
+    for cell, stats in cells.items():
+        old = out.get(cell)
+        out[cell] = list(stats) if old is None else [a + b for a, b in zip(old, stats)]
+    return out
+
+
+def pack(cells: Mapping[str, list]) -> str:
+    """Cells as one compact string (sorted, so the same cells give the same text
+    whatever order they were counted in): a province's cumulative cells are the
+    largest thing the rule keeps, and every write of its state goes to the
+    changelog."""
+    return base64.b64encode(zlib.compress(orjson.dumps(
+        cells, option=orjson.OPT_SORT_KEYS), 6)).decode("ascii")
+
+
+def unpack(text: str | None) -> dict:
+    """Cells from :func:`pack`.
+
+    >>> unpack(pack({"b": [1, 2], "a": [3, 4]}))
+    {'a': [3, 4], 'b': [1, 2]}
+    """
+    return orjson.loads(zlib.decompress(base64.b64decode(text))) if text else {}
+
+
+def subtract(whole: Mapping[str, list], part: Mapping[str, list]) -> dict:
+    """``whole`` without ``part`` (cells left with no stay are dropped)."""
+    out = dict(whole)
+    for cell, stats in part.items():
+        left = [a - b for a, b in zip(out.get(cell) or [0] * 7, stats)]
+        if left[N]:
+            out[cell] = left
+        else:
+            out.pop(cell, None)
+    return out
+
+
+def hmg_of(cell: str, bins: Mapping[str, int]) -> str:
+    _, cat, sev, *_ = cell.split("|")
+    return f"{chapter(cat)}.{bins.get(cat, 0)}.{sev}"
+
+
+def agg_of(cell: str) -> str:
+    return cell.split("|", 1)[0]
+
+
+def category_costs(cells: Mapping[str, list]) -> dict[str, list]:
+    """category → [stays, total cost in fen]: what the morbidity bins are made from."""
+    out: dict[str, list] = {}
+    for cell, stats in cells.items():
+        cat = cell.split("|")[1]
+        n, cost = out.get(cat, (0, 0))
+        out[cat] = [n + stats[N], cost + stats[COST]]
+    return out
+
+
+def factors(cell: str, bins: Mapping[str, int]) -> dict[str, str]:
+    """The regressors of a cell, as factor → level."""
+    group, _, _, level, capital, insurance, care = cell.split("|")
+    return {"agg": group, "hmg": hmg_of(cell, bins), "level": level,
+            "capital": capital, "insurance": insurance, "care": care}
+
+
+@dataclass
+class Fit:
+    """The solved model: coefficients per target, R², smearing factors."""
+
+    bins: dict[str, int]
+    columns: list[str]  # "agg=F:66-70", "hmg=X.3.1", … (reference levels left out)
+    references: dict[str, str]  # factor → its reference level (in the intercept)
+    beta: dict[str, np.ndarray]  # target → coefficients, in ``columns`` order
+    r2: dict[str, float]
+    smear: dict[str, float]
+    n: int
+    residual_sd: dict[str, float] = field(default_factory=dict)
+
+    def row(self, cell: str) -> np.ndarray:
+        x = np.zeros(len(self.columns))
+        x[0] = 1.0
+        index = self._index
+        for factor, level in factors(cell, self.bins).items():
+            k = index.get(f"{factor}={level}")
+            if k is not None:
+                x[k] = 1.0
+        return x
+
+    @property
+    def _index(self) -> dict[str, int]:
+        return {name: k for k, name in enumerate(self.columns)}
+
+    def log_prediction(self, cell: str, target: str = "fund_paid") -> float:
+        """x'β of a cell, natural log of fen."""
+        return float(self.row(cell) @ self.beta[target])
+
+    def predicted_fen(self, cell: str, target: str = "fund_paid") -> float:
+        """The structural expectation of one stay of the cell, in fen."""
+        return math.exp(self.log_prediction(cell, target)) * self.smear[target]
+
+    def coefficients(self, target: str = "fund_paid") -> dict[str, float]:
+        return {name: round(float(b), 6) for name, b in zip(self.columns, self.beta[target])}
+
+
+def solve(cells: Mapping[str, list], bins: Mapping[str, int], ridge: float = 0.0
+          ) -> Fit | None:
+    """Least squares over the cells (None with no stay to learn from). Each factor's
+    most frequent level is the reference (ties: the first by name); columns never
+    observed are left out; a rank-deficient design gets the minimum-norm solution,
+    whose predictions are those of any least-squares solution.
+
+    ``ridge`` > 0 adds λ·Σβ² (intercept free): a group seen in a handful of stays is
+    pulled toward its reference instead of taking their noise for its effect — a
+    province with few stays per group (or a pool measured against the others only)
+    needs it. λ is in stays: a group with n stays keeps about n/(n+λ) of its own
+    mean difference."""
+    rows = sorted((cell, stats) for cell, stats in cells.items() if stats[N] > 0)
+    if not rows:
+        return None
+    counts: dict[str, dict[str, int]] = {}
+    for cell, stats in rows:
+        for factor, level in factors(cell, bins).items():
+            per = counts.setdefault(factor, {})
+            per[level] = per.get(level, 0) + stats[N]
+    references = {factor: min(per, key=lambda level: (-per[level], level))
+                  for factor, per in counts.items()}
+    columns = ["const"] + [f"{factor}={level}" for factor, per in counts.items()
+                           for level in sorted(per) if level != references[factor]]
+    fit = Fit(dict(bins), columns, references, {}, {}, {}, sum(s[N] for _, s in rows))
+    index = {name: k for k, name in enumerate(columns)}
+    x = np.zeros((len(rows), len(columns)))
+    x[:, 0] = 1.0
+    for i, (cell, _) in enumerate(rows):
+        for factor, level in factors(cell, bins).items():
+            k = index.get(f"{factor}={level}")
+            if k is not None:
+                x[i, k] = 1.0
+    n = np.array([s[N] for _, s in rows], dtype=float)
+    weight = np.sqrt(n)
+    for target, (sy, syy, total) in TARGETS.items():
+        sums = np.array([s[sy] for _, s in rows], dtype=float) / LOG_UNITS
+        squares = np.array([s[syy] for _, s in rows], dtype=float) / LOG_UNITS ** 2
+        a, b = x * weight[:, None], sums / n * weight
+        if ridge > 0:
+            penalty = np.sqrt(ridge) * np.eye(len(columns))[1:]
+            a, b = np.vstack([a, penalty]), np.concatenate([b, np.zeros(len(columns) - 1)])
+        beta, *_ = np.linalg.lstsq(a, b, rcond=None)
+        fitted = x @ beta
+        ssr = float(np.sum(squares - 2 * fitted * sums + n * fitted ** 2))
+        sst = float(np.sum(squares) - np.sum(sums) ** 2 / fit.n)
+        rank = int(np.linalg.matrix_rank(x))
+        fit.beta[target] = beta
+        fit.r2[target] = 1 - ssr / sst if sst > 0 else 0.0
+        fit.residual_sd[target] = math.sqrt(max(ssr, 0.0) / max(1, fit.n - rank))
+        # Duan's smearing: mean over stays of exp(y − x'β) = Σ_cells e^(−x'β) Σ e^y / N.
+        paid = np.array([s[total] for _, s in rows], dtype=float)
+        fit.smear[target] = float(np.sum(np.exp(-fitted) * paid) / fit.n)
+    return fit
