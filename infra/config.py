@@ -67,6 +67,12 @@ class Settings:
     session_timeout_s: float = 10.0
     rebalance_timeout_s: float = 4.0
     heartbeat_interval_s: float = 1.0
+    # How long a consumer's fetch may wait at the broker for data. Faust fixes it at
+    # 1,500 ms; Tansu answers a waiting fetch only when that time is up, not when
+    # data arrives (measured: 650–1,400 ms from send to receive with 1,500, 2 ms
+    # with 100), so every internal hop of a caught-up worker waited that long. A real
+    # Kafka answers as soon as data arrives; the short wait costs only idle polls.
+    fetch_max_wait_ms: int = 20
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -124,7 +130,7 @@ class Settings:
         return settings
 
 
-_INTS = {"partitions", "replication_factor", "allowed_lateness_s"}
+_INTS = {"partitions", "replication_factor", "allowed_lateness_s", "fetch_max_wait_ms"}
 _FLOATS = {"session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s"}
 
 

@@ -77,6 +77,23 @@ def _ssl_context(settings: Settings):
     return context
 
 
+def _short_fetch_wait(wait_ms: int) -> None:
+    """Make Faust's worker consumer use ``wait_ms`` as its fetch wait (Faust 0.11
+    hard-codes 1,500 ms in ``_create_worker_consumer``; see Settings.fetch_max_wait_ms)."""
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = driver.AIOKafkaConsumerThread
+    original = getattr(thread, "_fundwatch_original_create", thread._create_worker_consumer)
+
+    def create(self, transport):
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = wait_ms  # read by aiokafka when it starts the fetcher
+        return consumer
+
+    thread._fundwatch_original_create = original
+    thread._create_worker_consumer = create
+
+
 def build_app(settings: Settings, core: DetectionCore | None = None,
               store: AlertStore | None = None) -> faust.App:
     core = core or DetectionCore(load_rules(settings.rules, registry=load_registry(settings),
@@ -84,6 +101,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                                  partitions=settings.partitions)
     patch_faust_recovery(settings.bootstrap_servers, kafka_client_options(settings))
     os.makedirs(os.path.join(settings.data_dir, settings.app_id), exist_ok=True)
+    _short_fetch_wait(settings.fetch_max_wait_ms)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{s.strip()}" for s in settings.bootstrap_servers.split(",")],

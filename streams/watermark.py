@@ -100,7 +100,8 @@ def low_mark(views: Iterable[ChannelView]) -> int | None:
     last told about the source channels, in order with the records it forwarded.
     Its own mark is the oldest newest-time of the channels busy in it — or, when
     all are idle in it, the newest time of all: it has passed on everything there
-    was. The low mark is the least of those marks: a view that says "idle" only
+    was. A channel busy with no time yet (not read from since the worker started,
+    records waiting) holds every mark back. The low mark is the least of those marks: a view that says "idle" only
     speaks for what that partition has forwarded, not for the others.
 
     >>> low_mark([{"s0": [9, True], "s1": [5, False]},   # s1 busy: this one passed on up to 5
@@ -108,9 +109,17 @@ def low_mark(views: Iterable[ChannelView]) -> int | None:
     4
     >>> low_mark([{"s0": [None, False]}]) is None      # no time known: no mark
     True
+    >>> low_mark([{"s0": [9, False], "s1": [None, False]}]) is None  # s1 not read yet
+    True
+    >>> low_mark([{"s0": [9, False], "s1": [None, True]}])  # s1 empty: holds nothing
+    9
     """
     marks = []
     for view in views:
+        if any(t is None and not idle for t, idle in view.values()):
+            # Busy with no time yet (a partition not read from since the start):
+            # anything may still come from it.
+            return None
         busy = [t for t, idle in view.values() if t is not None and not idle]
         every = [t for t, _ in view.values() if t is not None]
         if busy:
