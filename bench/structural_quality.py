@@ -34,28 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.quality import arguments, command_line, rule_params  # noqa: E402
 from detectors.groups import bin_categories  # noqa: E402
 from detectors.standard import add, category_costs, factors, solve  # noqa: E402
-from rules.builtin.management_overspend import ManagementOverspend, month_of  # noqa: E402
+from rules.builtin.management_overspend import ManagementOverspend, stays_of  # noqa: E402
 from rules.core import DetectionCore  # noqa: E402
 from rules.registry import Registry  # noqa: E402
 from streams.offline import OfflinePipeline  # noqa: E402
-from streams.records import Rejected, parse  # noqa: E402
 from streams.simulate import OVERSPEND_POOL, simulate, write  # noqa: E402
 
 PROVINCE = "44"
-
-
-def stays_of(sim, rule):
-    out = []
-    for raw in sim.events:
-        try:
-            event = parse(raw)
-        except Rejected:
-            continue
-        if event.kind == "settlement" and rule.wants(event) and not event.reverses \
-                and event.fund_paid_fen > 0 and event.insured_region[:2] == PROVINCE:
-            out.append((month_of(event.settled_at), rule.cell(event), event.fund_paid_fen,
-                        event.total_cost_fen))
-    return out
 
 
 def r2(y, fitted) -> float:
@@ -180,7 +165,7 @@ def main() -> int:
         paths = write(sim, Path(f"/tmp/structural-bench-{seed}.jsonl"))
         registry = Registry.load(paths["pools"])
         rule = ManagementOverspend(registry=registry, **params)
-        m = model_figures(stays_of(sim, rule), ridge)
+        m = model_figures(stays_of(sim.events, rule, PROVINCE), ridge)
         d = detection(sim, registry, params)
         print(f"seed {seed}: {m['stays']:,} inpatient stays in province {PROVINCE}, "
               f"{m['cells']:,} cells, {m['columns']} columns")

@@ -13,12 +13,11 @@ import pytest
 
 from detectors.groups import bin_categories
 from detectors.standard import add, category_costs, factors, solve
-from rules.builtin.management_overspend import ManagementOverspend
+from rules.builtin.management_overspend import ManagementOverspend, stays_of
 from rules.core import DetectionCore, load_rules
 from rules.registry import Registry
 from streams.cli import main
 from streams.offline import OfflinePipeline
-from streams.records import Rejected, parse
 from streams.simulate import OVERSPEND_POOL, simulate, write
 
 
@@ -31,17 +30,8 @@ def province(tmp_path_factory):
 
 
 def _stays(sim, registry):
-    rule = ManagementOverspend(registry=registry)
-    out = []
-    for raw in sim.events:
-        try:
-            event = parse(raw)
-        except Rejected:
-            continue
-        if event.kind == "settlement" and rule.wants(event) and not event.reverses \
-                and event.fund_paid_fen > 0:
-            out.append((rule.cell(event), event.fund_paid_fen, event.total_cost_fen))
-    return out
+    """(cell, paid, cost) of each stay the model learns from."""
+    return [stay[1:] for stay in stays_of(sim.events, ManagementOverspend(registry=registry))]
 
 
 def test_the_online_model_is_the_batch_least_squares_fit(province):

@@ -274,3 +274,23 @@ class ManagementOverspend(Rule):
                       "model": {"stays": fit.n, "r2_fund_paid": round(fit.r2["fund_paid"], 4),
                                 "r2_total_cost": round(fit.r2["total_cost"], 4)}},
             settlement_ids=[t[1] for t in mine["top"]])
+
+
+def stays_of(lines, rule: ManagementOverspend, province: str | None = None) -> list[tuple]:
+    """(month, cell, fund paid, total cost) of each stay in ``lines`` (raw records)
+    the model learns from — inpatient, not a reversal, paid by the fund — optionally
+    of one province: what a benchmark or a test fits a batch model to."""
+    from streams.records import Rejected, parse
+
+    out = []
+    for raw in lines:
+        try:
+            event = parse(raw)
+        except Rejected:
+            continue
+        if event.kind == "settlement" and rule.wants(event) and not event.reverses \
+                and event.fund_paid_fen > 0 \
+                and (province is None or event.insured_region[:2] == province):
+            out.append((month_of(event.settled_at), rule.cell(event), event.fund_paid_fen,
+                        event.total_cost_fen))
+    return out
