@@ -155,13 +155,17 @@ def kafka_client_options(settings: Settings) -> dict:
 
 
 def ensure_topics(bootstrap: str, settings: Settings) -> list[str]:
-    """Create the contract's and the pipeline's topics if missing; return those created."""
+    """Create the contract's and the pipeline's topics if missing, with their
+    retention and cleanup (``infra.topics``); return those created."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    from infra.topics import topic_configs
+
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000,
                              **kafka_client_options(settings))
+    configs = topic_configs(settings)
     try:
         existing = set(admin.list_topics())
         wanted = [t for t in settings.all_topics() if t not in existing]
@@ -169,7 +173,8 @@ def ensure_topics(bootstrap: str, settings: Settings) -> list[str]:
         for name in wanted:
             try:
                 admin.create_topics([NewTopic(name, settings.partitions,
-                                              settings.replication_factor)])
+                                              settings.replication_factor,
+                                              topic_configs=configs[name])])
                 created.append(name)
             except TopicAlreadyExistsError:  # another worker won the race
                 pass

@@ -47,6 +47,10 @@ TOPICS = {
 }
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
 @dataclass(frozen=True)
 class Settings:
     bootstrap_servers: str | None = None
@@ -109,6 +113,42 @@ class Settings:
         return Routing.from_config(self.notify, self.config_path or "[notify]",
                                    secret=self.notify_secret)
 
+    def security_problems(self) -> list[str]:
+        """What is wrong with the cluster security settings, each naming its variable.
+
+        >>> Settings(security_protocol="SASL_SSL", sasl_mechanism="PLAIN").security_problems()
+        ['FUNDWATCH_SASL_USERNAME and FUNDWATCH_SASL_PASSWORD are needed with PLAIN']
+        >>> Settings(security_protocol="SSL", ssl_certfile="c.pem").security_problems()
+        ['FUNDWATCH_SSL_CERTFILE and FUNDWATCH_SSL_KEYFILE go together (client certificate)', 'FUNDWATCH_SSL_CERTFILE: c.pem does not exist']
+        """
+        problems = []
+        protocol = self.security_protocol
+        if protocol not in SECURITY_PROTOCOLS:
+            problems.append(f"FUNDWATCH_SECURITY_PROTOCOL: {protocol!r} is not one of "
+                            f"{', '.join(SECURITY_PROTOCOLS)}")
+        if protocol.startswith("SASL_"):
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                problems.append(f"FUNDWATCH_SASL_MECHANISM: {self.sasl_mechanism!r} is not one "
+                                f"of {', '.join(SASL_MECHANISMS)} (needed with {protocol})")
+            elif not (self.sasl_username and self.sasl_password):
+                problems.append("FUNDWATCH_SASL_USERNAME and FUNDWATCH_SASL_PASSWORD are "
+                                f"needed with {self.sasl_mechanism}")
+        elif self.sasl_mechanism:
+            problems.append(f"FUNDWATCH_SASL_MECHANISM is set but FUNDWATCH_SECURITY_PROTOCOL "
+                            f"is {protocol} (SASL_PLAINTEXT or SASL_SSL uses it)")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            problems.append("FUNDWATCH_SSL_CERTFILE and FUNDWATCH_SSL_KEYFILE go together "
+                            "(client certificate)")
+        for var, path in (("FUNDWATCH_SSL_CAFILE", self.ssl_cafile),
+                          ("FUNDWATCH_SSL_CERTFILE", self.ssl_certfile),
+                          ("FUNDWATCH_SSL_KEYFILE", self.ssl_keyfile)):
+            if path and not Path(path).is_file():
+                problems.append(f"{var}: {path} does not exist")
+        if (self.ssl_cafile or self.ssl_certfile) and not protocol.endswith("SSL"):
+            problems.append(f"TLS files are set but FUNDWATCH_SECURITY_PROTOCOL is {protocol} "
+                            "(SSL or SASL_SSL uses them)")
+        return problems
+
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)
 
@@ -125,6 +165,9 @@ class Settings:
             if var in env and f.name not in ("rules", "notify", "config_path"):
                 values[f.name] = _coerce(f.name, env[var], var)
         settings = cls(**values)
+        problems = settings.security_problems()
+        if problems:
+            raise ConfigError("cluster security: " + "; ".join(problems))
         if settings.notify:
             settings.routing()  # a wrong route stops start-up, naming file and key
         return settings
