@@ -36,8 +36,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
                  "data_dir", "session_timeout_s", "rebalance_timeout_s",
                  "heartbeat_interval_s", "security_protocol", "sasl_mechanism",
                  "sasl_username", "sasl_password", "ssl_cafile", "ssl_certfile",
-                 "ssl_keyfile", "replication_factor", "notify_secret", "standby_replicas",
-                 "fetch_max_wait_ms"):
+                 "ssl_keyfile", "replication_factor", "notify_secret"):
         value = getattr(settings, name)
         if value is not None:
             env["FUNDWATCH_" + name.upper()] = str(value)
@@ -158,7 +157,6 @@ class Observed:
     closed: dict[str, int] = field(default_factory=dict)  # detect partition → midnight (ms)
     late: dict[str, int] = field(default_factory=dict)  # detect partition → late copies
     scores: dict[str, dict] = field(default_factory=dict)  # settlement id → its score record
-    sources: dict[str, list] = field(default_factory=dict)  # worker → source partitions read
 
     def count(self, outcome: str) -> int:
         return sum(v for k, v in self.admit_counts.items() if k.endswith("/" + outcome))
@@ -177,25 +175,16 @@ class Observed:
     @property
     def detect_caught_up(self) -> bool:
         """Every copy admission sent to the detect stage has been handled there, by
-        the workers' own counts since they started, summed over the workers (one
-        worker's admission routes copies to partitions another's detect stage
-        holds). Only workers heard from in the last few seconds count: a stopped
-        worker's last report is history — so with several workers this holds only
-        while no partition moved from a worker that stopped."""
+        the workers' own counts since they started. Only workers heard from in the
+        last few seconds count: a stopped worker's last report is history."""
         now = time.monotonic()
         live = [f for f, seen in self.flow.values() if now - seen < 3.0]
-        return bool(live) and (sum(f["routed"] for f in live)
-                               == sum(f["detected"] for f in live))
-
-    def shares(self) -> list[int]:
-        """How many source partitions each worker heard from in the last few
-        seconds reads (a settled group: every partition once, none idle)."""
-        now = time.monotonic()
-        return [len(self.sources.get(worker, ())) for worker, (_, seen) in self.flow.items()
-                if now - seen < 3.0]
+        return bool(live) and all(f["routed"] == f["detected"] for f in live)
 
     def settled(self, total: int) -> bool:
-        """All ``total`` input records accounted for and the last stage caught up."""
+        """All ``total`` input records accounted for and the last stage caught up
+        (for one worker: with several, detect partitions are shared and one
+        worker's counts do not balance on their own)."""
         return self.accounted >= total and self.detect_caught_up
 
     def closed_through(self, partitions: int) -> int | None:
@@ -270,8 +259,6 @@ class Watcher:
                         o.latency[value["worker"]] = value["latency"]
                     if value.get("flow"):
                         o.flow[value["worker"]] = (value["flow"], time.monotonic())
-                    if "sources" in value:
-                        o.sources[value["worker"]] = value["sources"]
                     for part, ms in value.get("closed", {}).items():
                         o.closed[part] = max(o.closed.get(part, ms), ms)
                     for part, n in value.get("late", {}).items():
