@@ -37,7 +37,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from infra.broker import kafka_client_options
 from infra.config import Settings
 from infra.tansu import patch_faust_recovery
-from streams import offset_guard, resume_order
+from streams import offset_guard
 from rules.alerts import SHANGHAI
 # partition_of: a batch is sent to the partition its records' keys hash to, so the
 # table writes made while handling it land in the changelog partition they always did.
@@ -101,7 +101,6 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                                              source=settings.config_path),
                                  partitions=settings.partitions)
     patch_faust_recovery(settings.bootstrap_servers, kafka_client_options(settings))
-    resume_order.patch()
     os.makedirs(os.path.join(settings.data_dir, settings.app_id), exist_ok=True)
     _short_fetch_wait(settings.fetch_max_wait_ms)
     app = faust.App(
@@ -168,6 +167,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     # record of the batch reached the detect stage after its day had been closed.
     progress_lock = asyncio.Lock()
     closed_here: set[int] = set()  # detect partitions this process has run a close for
+    detect_handled: dict[int, int] = {}  # detect partition → last offset handled here
 
     async def dead_letter(message, reasons, stage):
         record = deadletter_record(message["raw"], reasons, stage=stage,
@@ -397,13 +397,18 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             await to_the_end(detect_message(item.message))
 
     async def detect_message(msg) -> None:
+        # A message this process handled before, delivered again (a partition sought
+        # back by streams/offset_guard.py): the rules skip its copies by position; it
+        # must not count twice as handled, nor its copies as late.
+        first = msg.offset > detect_handled.get(msg.partition, -1)
         try:
             message = orjson.loads(msg.value)
-            await detect_batch(msg.partition, message["items"])
+            await detect_batch(msg.partition, message["items"], first)
             if "q" in message:
                 await advance(msg.partition, message["q"], message["wm"])
         except Exception as exc:  # noqa: BLE001
             stop_hard("detect", exc)
+        detect_handled[msg.partition] = max(msg.offset, detect_handled.get(msg.partition, -1))
 
     async def advance(partition: int, sender: str, view: dict) -> None:
         """Fold an admit partition's progress in; close the days the watermark passed."""
@@ -453,7 +458,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         for ack in acks:
             await ack
 
-    async def detect_batch(partition: int, batch) -> None:
+    async def detect_batch(partition: int, batch, first: bool = True) -> None:
         """A batch's records against the rule state, through an overlay: each state
         slot is written to the table (and its changelog) once per batch, not once
         per record — a pool's book changes with every record of the pool, and the
@@ -475,6 +480,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                 await rule_failed(routed, detection)
         await send_alerts(Detection(alerts, [], {}))
         overlay.save()
+        if not first:
+            return
         if late:
             detect_clock[str(partition)] = {**clock, "late": clock.get("late", 0) + late}
         now = time.time()

@@ -10,8 +10,7 @@ record delivered was still the partition's end, not the committed offset:
     after the seek: admission partition 1 at 32 (the previous owner's commit)
     first record delivered: 46 — offsets 32–45 counted as done, never admitted
 
-That lost 76 to 578 of 5,894 records in about one run in three, with or without
-the seek-first order of ``streams/resume_order.py``. Where the consumer's
+That lost 36 to 578 of 5,894 records in a loop of that scenario. Where the consumer's
 position came from is not known (aiokafka's position reset racing the seek is the
 suspect). So the worker no longer relies on it: :func:`patch` makes Faust's
 consumer check every record of the topics named against the offset it expects
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 log = logging.getLogger("fundwatch.worker")
 
 RESEEKS = 3  # seeks back to the same offset before a hole is taken to be the broker's
+MIN_ROUNDS = 3  # fetch rounds without a record before a partition counts as stalled
 
 DELIVER, SEEK_BACK = "deliver", "seek back"
 
@@ -56,12 +56,14 @@ class ContiguousDelivery:
 
     expected: dict = field(default_factory=dict)
     reseeks: dict = field(default_factory=dict)  # (partition, offset) → seeks back there
-    moved_at: dict = field(default_factory=dict)  # partition → when it last delivered or was sought
+    # partition → (time, fetch round) it last delivered or was sought at
+    moved_at: dict = field(default_factory=dict)
+    rounds: int = 0  # fetch rounds begun: the consumer asked the broker for more
 
     def sought(self, tp, offset: int | None, now: float = 0.0) -> None:
         """The partition was sought to ``offset`` (None: no committed offset yet —
         the first record delivered sets the expectation)."""
-        self.moved_at[tp] = now
+        self.moved_at[tp] = (now, self.rounds)
         if offset is None or offset < 0:
             self.expected.pop(tp, None)
         else:
@@ -74,26 +76,32 @@ class ContiguousDelivery:
 
     def stalled(self, tp, highwater: int | None, now: float, after_s: float) -> int | None:
         """The offset to seek ``tp`` back to if the broker holds records from the one
-        expected on and none has been delivered for ``after_s``: the consumer stands
-        past them with nothing after to show the jump (a partition's last records).
+        expected on and none has been delivered for ``after_s`` and MIN_ROUNDS fetch
+        rounds: the consumer stands past them with nothing after to show the jump
+        (a partition's last records). Counting rounds keeps a worker too busy to
+        fetch (its event loop held by a long close) from being taken for a stall.
 
         >>> guard = ContiguousDelivery()
         >>> guard.sought("settlements/3", 1386, now=100.0)
+        >>> guard.rounds += MIN_ROUNDS
         >>> guard.stalled("settlements/3", 1424, now=102.0, after_s=5.0)   # not yet
         >>> guard.stalled("settlements/3", 1424, now=106.0, after_s=5.0)
         1386
-        >>> guard.stalled("settlements/3", 1386, now=106.0, after_s=5.0)   # read to the end
+        >>> guard.stalled("settlements/3", 1386, now=112.0, after_s=5.0)   # read to the end
+        >>> guard.sought("admit/0", 20, now=100.0)
+        >>> guard.stalled("admit/0", 30, now=110.0, after_s=5.0)   # no fetch since: busy
         """
         want = self.expected.get(tp)
         if want is None or highwater is None or highwater <= want:
             return None
-        if now - self.moved_at.get(tp, now) < after_s:
+        since, at_round = self.moved_at.get(tp, (now, self.rounds))
+        if now - since < after_s or self.rounds - at_round < MIN_ROUNDS:
             return None
-        self.moved_at[tp] = now  # one seek per period
+        self.moved_at[tp] = (now, self.rounds)  # one seek per period
         return want
 
     def check(self, tp, offset: int, now: float = 0.0) -> tuple[str, int | None]:
-        self.moved_at[tp] = now
+        self.moved_at[tp] = (now, self.rounds)
         want = self.expected.get(tp)
         if want is not None and offset > want:
             key = (tp, want)
@@ -138,6 +146,7 @@ def patch(topics: set[str]) -> None:
         guard = guard_of(self)
         guarded = _PATCHED["topics"]
         held: set = set()  # partitions sought back: the rest of this fetch is stale
+        guard.rounds += 1
         async for tp, message in original_getmany(self, timeout):
             if tp.topic not in guarded:
                 yield tp, message
@@ -176,7 +185,7 @@ def patch(topics: set[str]) -> None:
 
     async def unstick(self, after_s: float) -> None:
         """Seek back every guarded partition that stalled past records the broker
-        holds (see ContiguousDelivery.stalled), and make sure Faust fetches it."""
+        holds (see ContiguousDelivery.stalled)."""
         guard = guard_of(self)
         now = time.monotonic()
         for tp in list(self.assignment()):
@@ -186,19 +195,40 @@ def patch(topics: set[str]) -> None:
                 highwater = self.highwater(tp)
             except Exception:  # noqa: BLE001 - no fetch answer yet
                 continue
+            active = self._get_active_partitions()
+            if tp not in active or tp in self._buffered_partitions:
+                continue  # paused, or held back while its agent's buffer is full
             want = guard.stalled(tp, highwater, now, after_s)
             if want is None:
                 continue
-            active = self._get_active_partitions()
-            log.warning("partition %s[%d]: nothing delivered for %.0f s from offset %d "
-                        "though the broker holds records to %d (fetching: %s, held back "
-                        "for a full buffer: %s); seeking back to %d", tp.topic,
-                        tp.partition, after_s, want, highwater, tp in active,
-                        tp in self._buffered_partitions, want)
+            log.warning("partition %s[%d]: nothing delivered for %.0f s and %d fetch "
+                        "rounds from offset %d though the broker holds records to %d; "
+                        "seeking back to %d", tp.topic, tp.partition, after_s, MIN_ROUNDS,
+                        want, highwater, want)
             await self.seek_wait({tp: want})
-            if tp not in self._paused_partitions:
-                active.add(tp)
 
+    original_ack = Consumer.ack
+
+    def ack(self, message) -> bool:
+        """Refuse the acknowledgement of a message while the flow is stopped (a
+        rebalance or a stop under way) or fetched in an earlier generation: Faust
+        acks the events it *skips* for those reasons (Stream._py_aiter's ``finally``:
+        ``do_ack or value is skipped_value``), and the commit that follows passed
+        records no agent had seen — an alert on the topic but never in the store, at
+        a worker's stop. Refused, the message is read again from the committed
+        offset by whoever owns the partition next (what was processed in that window
+        comes back as a redelivery, which every stage handles)."""
+        app = self.app
+        if message.topic in _PATCHED["topics"] and not (
+                app.flow_control.is_active()
+                and getattr(message, "generation_id", None) == app.consumer_generation_id):
+            if not message.acked:
+                message.acked = True  # nothing waits for it (Consumer.wait_empty)
+                self._unacked_messages.discard(message)
+            return False
+        return original_ack(self, message)
+
+    Consumer.ack = ack
     Consumer.fundwatch_unstick = unstick
     Consumer.getmany = getmany
     driver.Consumer.seek_to_committed = seek_to_committed
