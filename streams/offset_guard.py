@@ -17,11 +17,17 @@ consumer check every record of the topics named against the offset it expects
 next — the committed offset after a seek, else the one after the last record
 delivered — and a record that jumps past it is held back and the partition sought
 back to the expected offset, from where the broker delivers the records in
-between.
+between. A partition whose consumer stands past records with nothing after them
+to show the jump (a partition's last records: seen as a source partition that
+delivered nothing more after a takeover) is caught by ``unstick``, run by a timer.
 
 A hole the broker really has (records deleted by retention or compaction; a
 transaction marker) comes back at the same place after the seek: after
 :data:`RESEEKS` seeks landing there, it is accepted and logged.
+
+The third guard is on acknowledgements: Faust acks the events it skips while the
+flow is stopped or for an earlier generation, and its next commit passed them
+(see ``ack`` in :func:`patch`).
 """
 from __future__ import annotations
 
