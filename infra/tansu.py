@@ -30,10 +30,12 @@ async def true_end_offsets(bootstrap_servers: str, reported: dict, client_option
     fetch answer, which Tansu reports correctly, asked for every partition whose
     ListOffsets answer (``reported``) is not 0.
 
-    Why not read past ``reported`` until a poll comes back empty: under load a poll
-    can come back empty before the fetch has answered, and the short end stood. This
-    asks until every partition has answered, and raises TimeoutError after
-    ``timeout_s`` rather than return an end that may be short.
+    Why not only read past ``reported`` until a poll comes back empty: under load a
+    poll can come back empty before the fetch has answered, and the short end stood.
+    This asks until every partition has answered, raises TimeoutError after
+    ``timeout_s`` rather than return an end that may be short, and counts the
+    records it read as well (one more poll after the last answer), so that the end is
+    never below either the high watermark or the last record seen.
     """
     probe = {tp: end for tp, end in reported.items() if end and end > 0}
     if not probe:
@@ -49,12 +51,21 @@ async def true_end_offsets(bootstrap_servers: str, reported: dict, client_option
         ends = dict(reported)
         waiting = set(probe)
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while waiting:
-            await consumer.getmany(timeout_ms=200, max_records=1)
-            for tp in list(waiting):
+        extra_round = True  # one poll after every answer: records past a short mark
+        while waiting or extra_round:
+            if not waiting:
+                extra_round = False
+            batches = await consumer.getmany(timeout_ms=200, max_records=10000)
+            # The records read count too: the end is past the last one seen, whatever
+            # a high watermark says.
+            by_part = {(p.topic, p.partition): msgs for p, msgs in batches.items()}
+            for tp in probe:
+                msgs = by_part.get((tp.topic, tp.partition))
+                if msgs:
+                    ends[tp] = max(ends[tp], msgs[-1].offset + 1)
                 highwater = consumer.highwater(parts[tp])
                 if highwater is not None:
-                    ends[tp] = max(reported[tp], highwater)
+                    ends[tp] = max(ends[tp], highwater)
                     waiting.discard(tp)
             if waiting and asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"no fetch answer within {timeout_s:.0f} s for "
