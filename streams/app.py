@@ -37,6 +37,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from infra.broker import kafka_client_options
 from infra.config import Settings
 from infra.tansu import patch_faust_recovery
+from streams import offset_guard
 from rules.alerts import SHANGHAI
 # partition_of: a batch is sent to the partition its records' keys hash to, so the
 # table writes made while handling it land in the changelog partition they always did.
@@ -122,6 +123,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     P = settings.partitions
 
     source_topics = {settings.topic("settlements"), settings.topic("contributions")}
+    offset_guard.patch(source_topics | {settings.topic(name) for name in
+                                        ("admit", "detect", "alerts")})
     sources = app.topic(*sorted(source_topics), **RAW)
     admit_topic = app.topic(settings.topic("admit"), partitions=P, internal=True, **RAW)
     detect_topic = app.topic(settings.topic("detect"), partitions=P, internal=True, **RAW)
@@ -164,6 +167,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     # record of the batch reached the detect stage after its day had been closed.
     progress_lock = asyncio.Lock()
     closed_here: set[int] = set()  # detect partitions this process has run a close for
+    detect_handled: dict[int, int] = {}  # detect partition → last offset handled here
 
     async def dead_letter(message, reasons, stage):
         record = deadletter_record(message["raw"], reasons, stage=stage,
@@ -201,7 +205,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         (the partition their key — their own id, or a reversal's original — hashes to)."""
         async for events in stream.take_events(BATCH_RECORDS, within=BATCH_WAIT_S):
             async with progress_lock:
-                await ingest_batch(events)
+                await to_the_end(ingest_batch(events))
 
     async def ingest_batch(events) -> None:
         try:
@@ -298,6 +302,17 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         committed = getattr(app.consumer, "_committed_offset", {}).get(tp)
         return highwater is not None and highwater > (committed or 0)
 
+    @app.timer(STALL_AFTER_S / 2)
+    async def unstick_partitions():
+        """A partition whose consumer stands past records the broker holds, with
+        nothing after them to show the jump, is sought back (streams/offset_guard.py)."""
+        if app.should_stop or app.rebalancing or app.in_recovery:
+            return
+        try:
+            await app.consumer.fundwatch_unstick(STALL_AFTER_S)
+        except Exception:  # noqa: BLE001 - a rebalance began meanwhile: next time
+            log.debug("stall check skipped", exc_info=True)
+
     @app.timer(IDLE_CHECK_S)
     async def report_sources():
         """Between batches, tell admission when a source partition turns idle (the
@@ -319,12 +334,14 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     async def admission(stream):
         """Duplicates, conflicting duplicates and reversals, against the ledger."""
         async for item in stream.events():
-            try:
-                message = orjson.loads(item.message.value)
-                await admit_batch(item.message.partition, item.message.offset,
-                                  message["items"], message.get("wm"))
-            except Exception as exc:  # noqa: BLE001
-                stop_hard("admission", exc)
+            await to_the_end(admission_message(item.message))
+
+    async def admission_message(msg) -> None:
+        try:
+            message = orjson.loads(msg.value)
+            await admit_batch(msg.partition, msg.offset, message["items"], message.get("wm"))
+        except Exception as exc:  # noqa: BLE001
+            stop_hard("admission", exc)
 
     async def admit_batch(partition: int, offset: int, batch, report) -> None:
         tally: dict[str, int] = {}
@@ -377,13 +394,21 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     async def detect(stream):
         """Every rule keyed by each record's key, with its state from the table."""
         async for item in stream.events():
-            try:
-                message = orjson.loads(item.message.value)
-                await detect_batch(item.message.partition, message["items"])
-                if "q" in message:
-                    await advance(item.message.partition, message["q"], message["wm"])
-            except Exception as exc:  # noqa: BLE001
-                stop_hard("detect", exc)
+            await to_the_end(detect_message(item.message))
+
+    async def detect_message(msg) -> None:
+        # A message this process handled before, delivered again (a partition sought
+        # back by streams/offset_guard.py): the rules skip its copies by position; it
+        # must not count twice as handled, nor its copies as late.
+        first = msg.offset > detect_handled.get(msg.partition, -1)
+        try:
+            message = orjson.loads(msg.value)
+            await detect_batch(msg.partition, message["items"], first)
+            if "q" in message:
+                await advance(msg.partition, message["q"], message["wm"])
+        except Exception as exc:  # noqa: BLE001
+            stop_hard("detect", exc)
+        detect_handled[msg.partition] = max(msg.offset, detect_handled.get(msg.partition, -1))
 
     async def advance(partition: int, sender: str, view: dict) -> None:
         """Fold an admit partition's progress in; close the days the watermark passed."""
@@ -433,7 +458,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         for ack in acks:
             await ack
 
-    async def detect_batch(partition: int, batch) -> None:
+    async def detect_batch(partition: int, batch, first: bool = True) -> None:
         """A batch's records against the rule state, through an overlay: each state
         slot is written to the table (and its changelog) once per batch, not once
         per record — a pool's book changes with every record of the pool, and the
@@ -455,6 +480,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                 await rule_failed(routed, detection)
         await send_alerts(Detection(alerts, [], {}))
         overlay.save()
+        if not first:
+            return
         if late:
             detect_clock[str(partition)] = {**clock, "late": clock.get("late", 0) + late}
         now = time.time()
@@ -480,36 +507,39 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             that is not alert/v1 goes to the dead-letter topic with its reasons (a
             producer's bug must not stop the sink, nor be dropped unseen)."""
             async for events in stream.take_events(500, within=0.5):
-                alerts = []
-                for item in events:
-                    msg = item.message
-                    problems = _alert_problems(msg.value)
-                    if problems:
-                        log.warning("alert at %s/%s/%s rejected: %s", msg.topic,
-                                    msg.partition, msg.offset, "; ".join(problems))
-                        await dead_letter(
-                            {"raw": msg.value, "topic": msg.topic, "partition": msg.partition,
-                             "offset": msg.offset, "key": msg.key},
-                            [Reason("invalid_alert", p) for p in problems], "alert_sink")
-                        continue
-                    alerts.append(orjson.loads(msg.value))
-                # The store being down must not lose alerts: hold the batch (and
-                # with it this partition) and retry until it is back.
-                delay = 0.5
-                while alerts:
-                    try:
-                        await asyncio.to_thread(alert_store.upsert_many, alerts)
-                        break
-                    except (OperationalError, InterfaceError):
-                        log.exception("alert store unavailable; retrying in %.1f s", delay)
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 30.0)
-                    except Exception:  # noqa: BLE001
-                        # The database refused the data itself (a value it cannot
-                        # hold): store the batch one by one and dead-letter only
-                        # what it refuses, rather than retry a refusal forever.
-                        log.exception("alert store refused a batch; storing one by one")
-                        alerts = await store_one_by_one(alerts)
+                await to_the_end(sink_batch(events))
+
+        async def sink_batch(events) -> None:
+            alerts = []
+            for item in events:
+                msg = item.message
+                problems = _alert_problems(msg.value)
+                if problems:
+                    log.warning("alert at %s/%s/%s rejected: %s", msg.topic,
+                                msg.partition, msg.offset, "; ".join(problems))
+                    await dead_letter(
+                        {"raw": msg.value, "topic": msg.topic, "partition": msg.partition,
+                         "offset": msg.offset, "key": msg.key},
+                        [Reason("invalid_alert", p) for p in problems], "alert_sink")
+                    continue
+                alerts.append(orjson.loads(msg.value))
+            # The store being down must not lose alerts: hold the batch (and
+            # with it this partition) and retry until it is back.
+            delay = 0.5
+            while alerts:
+                try:
+                    await asyncio.to_thread(alert_store.upsert_many, alerts)
+                    break
+                except (OperationalError, InterfaceError):
+                    log.exception("alert store unavailable; retrying in %.1f s", delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                except Exception:  # noqa: BLE001
+                    # The database refused the data itself (a value it cannot
+                    # hold): store the batch one by one and dead-letter only
+                    # what it refuses, rather than retry a refusal forever.
+                    log.exception("alert store refused a batch; storing one by one")
+                    alerts = await store_one_by_one(alerts)
 
         async def store_one_by_one(alerts: list[dict]) -> list[dict]:
             """Returns the alerts still to store (the database went away meanwhile)."""
@@ -579,6 +609,7 @@ IDLE_CHECK_S = 1.0  # how often the source partitions' progress is looked at bet
 IDLE_AFTER_S = 5.0  # a source partition unread since start and quiet this long is idle
 CAUGHT_UP_S = 2.0  # a source partition read to its end is idle once it stays so this long
 MAX_BATCH_BYTES = 256 * 1024
+STALL_AFTER_S = 5.0  # no record from a partition with records to give: seek it back
 
 
 class StateOverlay(MutableMapping):
@@ -614,6 +645,40 @@ class StateOverlay(MutableMapping):
         for key, value in self.changed.items():
             self.table[key] = value
         self.changed.clear()
+
+
+async def to_the_end(work):
+    """Run one batch's ``work`` to its end even if the agent is cancelled meanwhile,
+    then let the cancellation go on.
+
+    Why: Faust acks a stream's events in a ``finally`` (Stream._py_aiter,
+    take_events), so the events of an agent body cancelled mid-batch count as
+    processed, and a stopping worker commits once more after cancelling its
+    agents (App.on_stop: streams, agents, then Consumer.on_stop's commit). A batch
+    cut short there — its records half sent on — would be committed as done.
+
+    >>> async def batch(done):
+    ...     await asyncio.sleep(0.01)
+    ...     done.append(1)
+    >>> async def stop_mid_batch():
+    ...     done = []
+    ...     agent = asyncio.ensure_future(to_the_end(batch(done)))
+    ...     await asyncio.sleep(0)
+    ...     agent.cancel()
+    ...     try:
+    ...         await agent
+    ...     except asyncio.CancelledError:
+    ...         return done
+    >>> asyncio.run(stop_mid_batch())
+    [1]
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await task
+        raise
 
 
 def iso_ms(ms: int) -> str:

@@ -325,7 +325,10 @@ async def read_table_async(settings: Settings, table: str, prefix: str = ""
                             content[key] = orjson.loads(record.value)
                     if record.offset + 1 >= ends[tp]:
                         remaining.discard(tp)
-            # (three empty polls in a row end the read: a partition cut short)
+        if remaining:  # a table cut short would show stale values as current
+            raise TimeoutError(f"table {table!r}: changelog partitions "
+                               f"{sorted(tp.partition for tp in remaining)} stopped short "
+                               f"of their end offsets (3 s without a record)")
     finally:
         await consumer.stop()
     return content

@@ -59,3 +59,124 @@ def test_two_workers_then_one(live_settings, tmp_path):
     assert observed.alerts == offline.alerts
     assert AlertStore(settings.db_url).all() == sorted(offline.alerts.values(),
                                                        key=lambda a: a["alert_id"])
+
+
+def test_a_batch_begun_is_finished_before_a_stop_goes_on():
+    """A worker told to stop mid-batch (Faust cancels its agents, then commits what
+    their streams acked) finishes the batch first: a batch cut short would have its
+    input committed with only part of its output sent (streams.app.to_the_end)."""
+    from streams.app import to_the_end
+
+    async def run(shielded: bool):
+        sent: list[int] = []
+
+        async def batch():
+            for i in range(5):
+                await asyncio.sleep(0.01)  # each send waits on the broker
+                sent.append(i)
+
+        async def agent():
+            await (to_the_end(batch()) if shielded else batch())
+
+        task = asyncio.ensure_future(agent())
+        while not sent:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return sent
+
+    assert asyncio.run(run(shielded=True)) == [0, 1, 2, 3, 4]
+    assert asyncio.run(run(shielded=False)) == [0]  # what the shield prevents
+
+
+def test_a_record_past_the_expected_offset_sends_the_consumer_back():
+    """The hand-over lost records when the consumer delivered a partition's end right
+    after a seek to the committed offset, and Faust took the jump for a gap it counts
+    as acked (streams/offset_guard.py). The guard sends the partition back to the
+    offset due; a hole the log really has is accepted after RESEEKS tries."""
+    from streams.offset_guard import DELIVER, RESEEKS, SEEK_BACK, ContiguousDelivery
+
+    guard = ContiguousDelivery()
+    guard.sought("admit/1", 32)
+    assert guard.check("admit/1", 46) == (SEEK_BACK, 32)
+    for offset in range(32, 47):  # the broker delivers them after the seek
+        assert guard.check("admit/1", offset) == (DELIVER, None)
+
+    # A hole in the log itself (retention deleted 100–119): the seek lands past it
+    # again each time, and after RESEEKS tries the guard goes on.
+    guard.sought("detect/0", 100)
+    answers = [guard.check("detect/0", 120) for _ in range(RESEEKS + 1)]
+    assert answers == [(SEEK_BACK, 100)] * RESEEKS + [(DELIVER, None)]
+    assert guard.check("detect/0", 121) == (DELIVER, None)
+
+    # A revoked partition has no expectation: its next owner's seek sets one.
+    guard.forget("admit/1")
+    assert guard.check("admit/1", 500) == (DELIVER, None)
+    # No committed offset yet (a new group): the first record sets the expectation.
+    guard.sought("admit/2", None)
+    assert guard.check("admit/2", 7) == (DELIVER, None)
+    assert guard.check("admit/2", 9) == (SEEK_BACK, 8)
+
+
+def test_the_worker_guards_every_topic_it_consumes_but_the_changelogs(live_settings):
+    from faust.transport.consumer import Consumer
+
+    from streams import offset_guard
+    from streams.app import build_app
+
+    build_app(live_settings)
+    settings = live_settings
+    assert offset_guard._PATCHED["topics"] == {
+        settings.topic(name) for name in ("settlements", "contributions", "admit",
+                                          "detect", "alerts")}
+    assert Consumer.getmany.__module__ == "streams.offset_guard"
+
+
+def test_a_consumer_standing_past_the_committed_offset_is_sent_back(live_settings, tmp_path):
+    """A restarted worker whose consumer jumps SKIP records past each source
+    partition's committed offset (tests/faulty_worker.py) still admits every record:
+    the offset guard sees the jump and seeks back. Without the guard Faust counted
+    the skipped offsets as acknowledged and committed past them."""
+    import subprocess
+    import sys
+
+    from streams.live import settings_env
+
+    settings = live_settings
+    lines = simulate(days=1, seed=5).events
+    half = len(lines) // 2
+
+    async def run(lines, expect):
+        watcher = Watcher(settings)
+        await watcher.start()
+        if lines:
+            await produce(settings, lines)
+        ok = await watcher.until(lambda o: o.accounted >= expect, 120)
+        await watcher.until(lambda o: False, 2.0)
+        await watcher.stop()
+        return ok, watcher.observed
+
+    worker = start_worker(settings, tmp_path / "worker.log")
+    try:
+        ok, observed = asyncio.run(run(lines[:half], half))
+        assert ok, f"{observed.accounted}/{half} accounted for before the restart"
+    finally:
+        stop_worker(worker)
+    # The rest is in the broker before the next worker starts, so that the jump
+    # past the committed offset lands inside the log.
+    asyncio.run(produce(settings, lines[half:]))
+    log_path = tmp_path / "faulty-worker.log"
+    with open(log_path, "ab") as log:
+        faulty = subprocess.Popen([sys.executable, "-m", "tests.faulty_worker"],
+                                  env=settings_env(settings), stdout=log, stderr=log,
+                                  stdin=subprocess.DEVNULL)
+    try:
+        ok, observed = asyncio.run(run([], len(lines)))
+    finally:
+        stop_worker(faulty)
+    assert ok, f"{observed.accounted}/{len(lines)} accounted for"
+    assert observed.accounted == len(lines)
+    jumps = [line for line in log_path.read_text().splitlines()
+             if ".settlements[" in line and "seeking back" in line]
+    assert jumps, f"the injected jump did not happen (or was not seen): see {log_path}"

@@ -1,0 +1,243 @@
+"""Every record of a partition reaches its agent, in order: no silent gap.
+
+Faust 0.15.3 takes a jump in a partition's offsets for a gap in the log (records
+removed by compaction, transaction markers) and counts the offsets in between as
+acknowledged, so the next commit passes them. A jump can also come from the
+consumer itself. Seen in the hand-over test (tests/test_scale_out.py): the worker
+taking partitions over sought them to their committed offsets, and the first
+record delivered was still the partition's end, not the committed offset:
+
+    after the seek: admission partition 1 at 32 (the previous owner's commit)
+    first record delivered: 46 — offsets 32–45 counted as done, never admitted
+
+That lost 36 to 578 of 5,894 records in a loop of that scenario. Where the consumer's
+position came from is not known (aiokafka's position reset racing the seek is the
+suspect). So the worker no longer relies on it: :func:`patch` makes Faust's
+consumer check every record of the topics named against the offset it expects
+next — the committed offset after a seek, else the one after the last record
+delivered — and a record that jumps past it is held back and the partition sought
+back to the expected offset, from where the broker delivers the records in
+between. A partition whose consumer stands past records with nothing after them
+to show the jump (a partition's last records: seen as a source partition that
+delivered nothing more after a takeover) is caught by ``unstick``, run by a timer.
+
+A hole the broker really has (records deleted by retention or compaction; a
+transaction marker) comes back at the same place after the seek: after
+:data:`RESEEKS` seeks landing there, it is accepted and logged.
+
+The third guard is on acknowledgements: Faust acks the events it skips while the
+flow is stopped or for an earlier generation, and its next commit passed them
+(see ``ack`` in :func:`patch`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+log = logging.getLogger("fundwatch.worker")
+
+RESEEKS = 3  # seeks back to the same offset before a hole is taken to be the broker's
+MIN_ROUNDS = 3  # fetch rounds without a record before a partition counts as stalled
+
+DELIVER, SEEK_BACK = "deliver", "seek back"
+
+
+@dataclass
+class ContiguousDelivery:
+    """The offset each partition is expected to deliver next, and what to do with a
+    record that does not match it.
+
+    >>> guard = ContiguousDelivery()
+    >>> guard.sought("admit/1", 32)       # a seek to the committed offset
+    >>> guard.check("admit/1", 46)        # the consumer jumped past 32–45
+    ('seek back', 32)
+    >>> guard.check("admit/1", 32), guard.check("admit/1", 33)
+    (('deliver', None), ('deliver', None))
+    >>> guard.check("admit/1", 31)        # a redelivery (at-least-once): harmless
+    ('deliver', None)
+    >>> guard.check("admit/1", 32)
+    ('deliver', None)
+    """
+
+    expected: dict = field(default_factory=dict)
+    reseeks: dict = field(default_factory=dict)  # (partition, offset) → seeks back there
+    # partition → (time, fetch round) it last delivered or was sought at
+    moved_at: dict = field(default_factory=dict)
+    rounds: int = 0  # fetch rounds begun: the consumer asked the broker for more
+
+    def sought(self, tp, offset: int | None, now: float = 0.0) -> None:
+        """The partition was sought to ``offset`` (None: no committed offset yet —
+        the first record delivered sets the expectation)."""
+        self.moved_at[tp] = (now, self.rounds)
+        if offset is None or offset < 0:
+            self.expected.pop(tp, None)
+        else:
+            self.expected[tp] = offset
+
+    def forget(self, tp) -> None:
+        """The partition was revoked."""
+        self.expected.pop(tp, None)
+        self.moved_at.pop(tp, None)
+
+    def stalled(self, tp, highwater: int | None, now: float, after_s: float) -> int | None:
+        """The offset to seek ``tp`` back to if the broker holds records from the one
+        expected on and none has been delivered for ``after_s`` and MIN_ROUNDS fetch
+        rounds: the consumer stands past them with nothing after to show the jump
+        (a partition's last records). Counting rounds keeps a worker too busy to
+        fetch (its event loop held by a long close) from being taken for a stall.
+
+        >>> guard = ContiguousDelivery()
+        >>> guard.sought("settlements/3", 1386, now=100.0)
+        >>> guard.rounds += MIN_ROUNDS
+        >>> guard.stalled("settlements/3", 1424, now=102.0, after_s=5.0)   # not yet
+        >>> guard.stalled("settlements/3", 1424, now=106.0, after_s=5.0)
+        1386
+        >>> guard.stalled("settlements/3", 1386, now=112.0, after_s=5.0)   # read to the end
+        >>> guard.sought("admit/0", 20, now=100.0)
+        >>> guard.stalled("admit/0", 30, now=110.0, after_s=5.0)   # no fetch since: busy
+        """
+        want = self.expected.get(tp)
+        if want is None or highwater is None or highwater <= want:
+            return None
+        since, at_round = self.moved_at.get(tp, (now, self.rounds))
+        if now - since < after_s or self.rounds - at_round < MIN_ROUNDS:
+            return None
+        self.moved_at[tp] = (now, self.rounds)  # one seek per period
+        return want
+
+    def check(self, tp, offset: int, now: float = 0.0) -> tuple[str, int | None]:
+        self.moved_at[tp] = (now, self.rounds)
+        want = self.expected.get(tp)
+        if want is not None and offset > want:
+            key = (tp, want)
+            self.reseeks[key] = self.reseeks.get(key, 0) + 1
+            if self.reseeks[key] <= RESEEKS:
+                return SEEK_BACK, want
+            log.error("partition %s: offsets %d–%d are not in the log (sought back %d "
+                      "times; deleted by retention or compaction?): going on from %d",
+                      tp, want, offset - 1, RESEEKS, offset)
+            del self.reseeks[key]
+        elif want is not None and offset == want:
+            self.reseeks.pop((tp, want), None)
+        self.expected[tp] = offset + 1
+        return DELIVER, None
+
+
+_PATCHED: dict = {"done": False, "topics": set()}
+
+
+def patch(topics: set[str]) -> None:
+    """Guard the partitions of ``topics`` in Faust's consumer (idempotent; the
+    topics of the last call are the ones guarded)."""
+    _PATCHED["topics"] = set(topics)
+    if _PATCHED["done"]:
+        return
+    from faust.transport.consumer import Consumer
+
+    from faust.transport.drivers import aiokafka as driver
+
+    original_getmany = Consumer.getmany
+    original_seek_to_committed = driver.Consumer.seek_to_committed
+    original_seek = Consumer.seek
+    original_revoked = Consumer.on_partitions_revoked
+
+    def guard_of(consumer) -> ContiguousDelivery:
+        guard = consumer.__dict__.get("_fundwatch_guard")
+        if guard is None:
+            guard = consumer.__dict__["_fundwatch_guard"] = ContiguousDelivery()
+        return guard
+
+    async def getmany(self, timeout: float):
+        guard = guard_of(self)
+        guarded = _PATCHED["topics"]
+        held: set = set()  # partitions sought back: the rest of this fetch is stale
+        guard.rounds += 1
+        async for tp, message in original_getmany(self, timeout):
+            if tp.topic not in guarded:
+                yield tp, message
+                continue
+            if tp in held:
+                continue
+            action, offset = guard.check(tp, message.offset, time.monotonic())
+            if action == SEEK_BACK:
+                log.warning("partition %s[%d]: record %d delivered where %d was due; "
+                            "seeking back to %d", tp.topic, tp.partition, message.offset,
+                            offset, offset)
+                held.add(tp)
+                # seek_wait runs in the consumer's own thread (Faust's plain seek
+                # touches aiokafka from this one) and sets Faust's read offset.
+                await self.seek_wait({tp: offset})
+                continue
+            yield tp, message
+
+    async def seek_to_committed(self):
+        committed = await original_seek_to_committed(self)
+        guard = guard_of(self)
+        for tp, offset in committed.items():
+            if tp.topic in _PATCHED["topics"]:
+                guard.sought(tp, offset, time.monotonic())
+        return committed
+
+    async def seek(self, partition, offset: int) -> None:
+        await original_seek(self, partition, offset)
+        guard_of(self).sought(partition, offset, time.monotonic())
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        guard = guard_of(self)
+        for tp in revoked:
+            guard.forget(tp)
+        await original_revoked(self, revoked)
+
+    async def unstick(self, after_s: float) -> None:
+        """Seek back every guarded partition that stalled past records the broker
+        holds (see ContiguousDelivery.stalled)."""
+        guard = guard_of(self)
+        now = time.monotonic()
+        for tp in list(self.assignment()):
+            if tp.topic not in _PATCHED["topics"]:
+                continue
+            try:
+                highwater = self.highwater(tp)
+            except Exception:  # noqa: BLE001 - no fetch answer yet
+                continue
+            active = self._get_active_partitions()
+            if tp not in active or tp in self._buffered_partitions:
+                continue  # paused, or held back while its agent's buffer is full
+            want = guard.stalled(tp, highwater, now, after_s)
+            if want is None:
+                continue
+            log.warning("partition %s[%d]: nothing delivered for %.0f s and %d fetch "
+                        "rounds from offset %d though the broker holds records to %d; "
+                        "seeking back to %d", tp.topic, tp.partition, after_s, MIN_ROUNDS,
+                        want, highwater, want)
+            await self.seek_wait({tp: want})
+
+    original_ack = Consumer.ack
+
+    def ack(self, message) -> bool:
+        """Refuse the acknowledgement of a message while the flow is stopped (a
+        rebalance or a stop under way) or fetched in an earlier generation: Faust
+        acks the events it *skips* for those reasons (Stream._py_aiter's ``finally``:
+        ``do_ack or value is skipped_value``), and the commit that follows passed
+        records no agent had seen — an alert on the topic but never in the store, at
+        a worker's stop. Refused, the message is read again from the committed
+        offset by whoever owns the partition next (what was processed in that window
+        comes back as a redelivery, which every stage handles)."""
+        app = self.app
+        if message.topic in _PATCHED["topics"] and not (
+                app.flow_control.is_active()
+                and getattr(message, "generation_id", None) == app.consumer_generation_id):
+            if not message.acked:
+                message.acked = True  # nothing waits for it (Consumer.wait_empty)
+                self._unacked_messages.discard(message)
+            return False
+        return original_ack(self, message)
+
+    Consumer.ack = ack
+    Consumer.fundwatch_unstick = unstick
+    Consumer.getmany = getmany
+    driver.Consumer.seek_to_committed = seek_to_committed
+    Consumer.seek = seek
+    Consumer.on_partitions_revoked = on_partitions_revoked
+    _PATCHED["done"] = True
