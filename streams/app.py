@@ -27,6 +27,7 @@ import socket
 import ssl
 import threading
 import time
+import uuid
 from collections.abc import MutableMapping
 from datetime import datetime
 
@@ -120,6 +121,9 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         producer_linger=0.01,
     )
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
+    # This process, apart from any before it with the same host and pid (a container
+    # restarted): the detect stage counts what it handled per sending process.
+    instance = uuid.uuid4().hex[:12]
     P = settings.partitions
 
     source_topics = {settings.topic("settlements"), settings.topic("contributions")}
@@ -157,8 +161,12 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     validate_rejected = {"count": 0}  # the dead-letter topic is its durable record
     latency = LatencyRecorder()
     # Copies sent to / handled by the detect stage since start (this process): lets a
-    # benchmark see when the last stage, not just admission, has caught up.
+    # benchmark see when the last stage, not just admission, has caught up. Handled
+    # copies are also counted per sending process (``instance``): after a restart the
+    # detect stage re-reads copies its killed predecessor sent, which this process
+    # never routed, and with several workers one's copies are handled by the others.
     flow = {"routed": 0, "detected": 0}
+    detected_from: dict[str, int] = {}
     # Held while a batch of source records is parsed and sent on, and while the
     # timer reports progress between batches. Without it the timer, running while
     # the batch waited on the producer, reported the batch's newest event time (and
@@ -387,7 +395,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         if report:
             view = merge(view, report)
             admit_clock[str(partition)] = view
-        await send_batches(detect_topic, groups, {"q": str(partition), "wm": view})
+        await send_batches(detect_topic, groups, {"q": str(partition), "wm": view,
+                                                  "o": instance})
         flow["routed"] += sum(len(items) for items in groups.values())
 
     @app.agent(detect_topic)
@@ -403,7 +412,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         first = msg.offset > detect_handled.get(msg.partition, -1)
         try:
             message = orjson.loads(msg.value)
-            await detect_batch(msg.partition, message["items"], first)
+            await detect_batch(msg.partition, message["items"], first, message.get("o"))
             if "q" in message:
                 await advance(msg.partition, message["q"], message["wm"])
         except Exception as exc:  # noqa: BLE001
@@ -458,7 +467,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         for ack in acks:
             await ack
 
-    async def detect_batch(partition: int, batch, first: bool = True) -> None:
+    async def detect_batch(partition: int, batch, first: bool = True,
+                           sender: str | None = None) -> None:
         """A batch's records against the rule state, through an overlay: each state
         slot is written to the table (and its changelog) once per batch, not once
         per record — a pool's book changes with every record of the pool, and the
@@ -486,8 +496,10 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             detect_clock[str(partition)] = {**clock, "late": clock.get("late", 0) + late}
         now = time.time()
         for routed in batch:
-            flow["detected"] += 1
             latency.record_since(routed.get("ts"), now)
+        flow["detected"] += len(batch)
+        if sender is not None:
+            detected_from[sender] = detected_from.get(sender, 0) + len(batch)
 
     async def rule_failed(routed, detection) -> None:
         if detection.failures:
@@ -586,7 +598,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             "admit": counts,
             "validate_rejected_since_start": validate_rejected["count"],
             "latency": latency.summary(),
-            "flow": dict(flow),
+            "flow": {**flow, "instance": instance, "detected_from": dict(detected_from)},
             # Per detect partition: the last midnight its closing rules were run for
             # (epoch ms) — how far the stream's days are judged.
             "closed": {p: clock["closed"] for p, clock in detect_clock.items()

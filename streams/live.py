@@ -174,17 +174,38 @@ class Observed:
 
     @property
     def detect_caught_up(self) -> bool:
-        """Every copy admission sent to the detect stage has been handled there, by
-        the workers' own counts since they started. Only workers heard from in the
-        last few seconds count: a stopped worker's last report is history."""
+        """Every copy a live worker's admission sent to the detect stage has been
+        handled there, by whichever worker holds its detect partition.
+
+        Each worker counts, since it started, the copies it routed and — per sending
+        process — the copies it handled. Only workers heard from in the last few
+        seconds count as senders: a stopped worker's copies are not waited for. A
+        worker restarted after a crash re-handles copies its predecessor sent and
+        never routed itself; counting them against its own routed copies held the
+        balance off for good (they are counted under the predecessor). A copy
+        handled again after a hand-over counts twice, hence "at least".
+
+        >>> o = Observed(flow={"w1": ({"routed": 3, "instance": "a",
+        ...                            "detected_from": {"a": 1, "old": 5}}, time.monotonic()),
+        ...                    "w2": ({"routed": 0, "instance": "b",
+        ...                            "detected_from": {"a": 1}}, time.monotonic())})
+        >>> o.detect_caught_up
+        False
+        >>> o.flow["w2"][0]["detected_from"]["a"] = 2
+        >>> o.detect_caught_up
+        True
+        """
         now = time.monotonic()
         live = [f for f, seen in self.flow.values() if now - seen < 3.0]
-        return bool(live) and all(f["routed"] == f["detected"] for f in live)
+        if not live:
+            return False
+        handled: Counter = Counter()
+        for f, _ in self.flow.values():
+            handled.update(f.get("detected_from", {}))
+        return all(handled[f["instance"]] >= f["routed"] for f in live)
 
     def settled(self, total: int) -> bool:
-        """All ``total`` input records accounted for and the last stage caught up
-        (for one worker: with several, detect partitions are shared and one
-        worker's counts do not balance on their own)."""
+        """All ``total`` input records accounted for and the last stage caught up."""
         return self.accounted >= total and self.detect_caught_up
 
     def closed_through(self, partitions: int) -> int | None:

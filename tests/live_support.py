@@ -32,6 +32,9 @@ async def run_through_worker(settings, worker, lines, expect_accounted, timeout_
     await watcher.until(lambda o: False, settle_s)
     await watcher.stop()
     observed = watcher.observed
-    assert ok, (f"only {observed.accounted}/{expect_accounted} records accounted for, "
-                f"{len(observed.alerts)} alerts, days closed per partition {observed.closed}")
+    assert ok, (f"only {observed.accounted}/{expect_accounted} records accounted for "
+                f"(detect stage caught up: {observed.detect_caught_up}; flow per worker "
+                f"{ {w: f for w, (f, _) in observed.flow.items()} }), "
+                f"{len(observed.alerts)} alerts, days closed per partition {observed.closed} "
+                f"(due {due})")
     return observed
