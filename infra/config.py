@@ -77,6 +77,13 @@ class Settings:
     # with 100), so every internal hop of a caught-up worker waited that long. A real
     # Kafka answers as soon as data arrives; the short wait costs only idle polls.
     fetch_max_wait_ms: int = 20
+    # Standby copies of other workers' tables each worker keeps warm (Faust's
+    # table_standby_replicas). With 1 (Faust's default) a worker taking over a
+    # partition has its state at once, but every worker replays every other
+    # worker's changelogs all the time: two workers on two cores ran at 0.87× one
+    # worker, against 1.68× with none. 0, as Kafka Streams: a partition that moves
+    # is rebuilt from its changelog first (seconds per 100 MB of compacted state).
+    standby_replicas: int = 0
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -173,7 +180,9 @@ class Settings:
         return settings
 
 
-_INTS = {"partitions", "replication_factor", "allowed_lateness_s", "fetch_max_wait_ms"}
+_INTS = {"partitions", "replication_factor", "allowed_lateness_s", "fetch_max_wait_ms",
+         "standby_replicas"}
+_MAY_BE_ZERO = {"standby_replicas"}
 _FLOATS = {"session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s"}
 
 
@@ -181,8 +190,8 @@ def _coerce(name: str, raw, where: str):
     try:
         if name in _INTS:
             value = int(raw)
-            if value < 1:
-                raise ValueError("must be at least 1")
+            if value < (0 if name in _MAY_BE_ZERO else 1):
+                raise ValueError(f"must be at least {0 if name in _MAY_BE_ZERO else 1}")
             return value
         if name in _FLOATS:
             return float(raw)

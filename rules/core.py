@@ -218,6 +218,14 @@ class Rule:
         ``midnight`` may decide."""
         raise NotImplementedError
 
+    def due(self, state: State) -> bool:
+        """Whether the close may change anything for a key with this state (the
+        close or ``close_shared`` would alert, or return a different state). Keys
+        that are not due are not visited at the close: most of a province's
+        millions of persons have nothing waiting on a given day. Never False
+        where the close would act; the default, True, visits every key."""
+        return True
+
     @classmethod
     def closes(cls) -> bool:
         """Whether the rule has a ``close`` timer."""
@@ -278,18 +286,28 @@ class DetectionCore:
             return None
         return step, step.key_kind, key
 
+    def due(self, slot: str, stored: Any) -> bool:
+        """Whether a close must visit ``slot`` holding ``stored`` (its envelope): a
+        slot of a rule or book with a close timer, and for a rule, due by the rule's
+        own ``due``. A driver may keep an index of due slots with this."""
+        found = self.closing_slot(slot)
+        if not found or not stored:
+            return False
+        step = found[0]
+        return isinstance(step, Book) or step.due(stored["v"])
+
     def close(self, slots: Iterable[str], state: MutableMapping[str, Any],
               midnight: datetime) -> "Detection":
-        """Run the ``close`` timer of each slot's rule or book (other slots are
-        skipped), in slot order; after a book, the rules that judge from it.
-        Failures are reported as ``process`` reports them."""
+        """Run the ``close`` timer of each slot's rule or book (other slots, and
+        slots not ``due``, are skipped), in slot order; after a book, the rules that
+        judge from it. Failures are reported as ``process`` reports them."""
         detection = Detection([], [], {})
         when = f"at {midnight.isoformat()}"
         shards: dict[tuple[str, int], dict[str, Any]] = {}
         for slot in sorted(slots):
             found = self.closing_slot(slot)
             stored = state.get(slot) if found else None
-            if not stored:
+            if not stored or not self.due(slot, stored):
                 continue
             step, _, key = found
             if isinstance(step, Rule) and step.shared:

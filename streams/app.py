@@ -28,7 +28,6 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import MutableMapping
 from datetime import datetime
 
 import faust
@@ -46,6 +45,7 @@ from rules.core import Detection, DetectionCore, load_rules, partition_of  # noq
 from rules.registry import Registry
 from sinks.store import AlertStore, alert_problems
 from streams.admission import admit
+from streams.changelog import ChangelogWriter, EncodedValues, StateOverlay
 from streams.deadletter import deadletter_record
 from streams.latency import LatencyRecorder
 from streams.offline import timer_record
@@ -119,6 +119,14 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         # With batched hops, a short linger lets the batches of several partitions
         # share one produce request (measured: ~1.3× on top of batching).
         producer_linger=0.01,
+        # Room for a stage's table writes of one input batch in one record batch
+        # (streams.changelog); Faust's default is 16 KB.
+        producer_max_batch_size=MAX_BATCH_BYTES,
+        # Faust keeps one standby copy of every other worker's table partitions by
+        # default, replaying their changelogs as they are written: measured, that made
+        # two workers on two cores slower than one (0.87×; CPU per worker as for the
+        # whole stream). Kafka Streams' default is none too; see Settings.
+        table_standby_replicas=settings.standby_replicas,
     )
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
     # This process, apart from any before it with the same host and pid (a container
@@ -140,11 +148,12 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     scores_topic = app.topic(settings.topic("scores"), **RAW)
 
     # settlement/contribution id → digest, amounts, person, source position
-    ledger = app.Table("ledger", default=None, partitions=P)
+    # The two large tables hold their values as JSON bytes (streams.changelog):
+    # read them through EncodedValues.
+    ledger = app.Table("ledger", default=None, partitions=P, value_type=bytes)
     # "<rule_id>|<key>" → the rule's JSON state
-    rule_state = app.Table("rule-state", default=None, partitions=P)
-    # "<partition>/<outcome>" → count, for the admit stage (reconciliation, demo)
-    admit_counts = app.Table("admit-counts", default=int, partitions=P)
+    rule_state = app.Table("rule-state", default=None, partitions=P, value_type=bytes)
+    ledger_values, rule_values = EncodedValues(ledger), EncodedValues(rule_state)
     # Event-time progress (streams.watermark). Ingest, this process: per source
     # channel ("topic/partition") the newest event time and the last offset it
     # processed, and when it first saw each assigned channel. Admission: per admit
@@ -176,6 +185,47 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     progress_lock = asyncio.Lock()
     closed_here: set[int] = set()  # detect partitions this process has run a close for
     detect_handled: dict[int, int] = {}  # detect partition → last offset handled here
+
+    # The two tables written for every record go to their changelogs one record
+    # batch per input batch (streams.changelog), not one message per write.
+    def changelog_failed(exc: BaseException) -> None:
+        stop_hard("changelog", exc if isinstance(exc, Exception) else RuntimeError(exc))
+
+    def aiokafka_producer():
+        return app.producer._ensure_producer()  # Faust's own: flushed before commits
+
+    ledger_log = ChangelogWriter(ledger, aiokafka_producer, changelog_failed)
+    rule_log = ChangelogWriter(rule_state, aiokafka_producer, changelog_failed)
+    # Per detect partition, the state slots a daily close must visit (DetectionCore.due:
+    # a rule or book with a close timer, and something waiting for it): built from
+    # the table at the partition's first close after an assignment (recovery fills
+    # the table without passing here), then kept up to date by the writes. A close
+    # used to read every slot of the partition — every person of a province.
+    closing_index: dict[int, set[str]] = {}
+
+    def closing_slots(partition: int) -> set[str]:
+        slots = closing_index.get(partition)
+        if slots is None:
+            slots = closing_index[partition] = {
+                slot for slot in list(rule_state.keys())
+                if (found := core.closing_slot(slot))
+                and partition_of(f"{found[1]}:{found[2]}".encode(), P) == partition
+                and core.due(slot, rule_values.get(slot))}
+        return slots
+
+    async def save_rule_state(partition: int, changes: dict) -> None:
+        slots = closing_index.get(partition)
+        if slots is not None:
+            for slot, stored in changes.items():
+                if core.due(slot, stored):
+                    slots.add(slot)
+                else:
+                    slots.discard(slot)
+        await rule_log.write(partition, changes)
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(app, assigned, **kwargs) -> None:
+        closing_index.clear()  # the tables are about to be recovered anew
 
     async def dead_letter(message, reasons, stage):
         record = deadletter_record(message["raw"], reasons, stage=stage,
@@ -354,6 +404,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     async def admit_batch(partition: int, offset: int, batch, report) -> None:
         tally: dict[str, int] = {}
         groups: dict[int, list] = {}
+        entries = StateOverlay(ledger_values)  # the batch's ledger writes, saved together
         for index, wrapped in enumerate(batch):
             raw = wrapped["raw"].encode("utf-8")
             original = {**wrapped, "raw": raw,
@@ -362,7 +413,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             position = (partition, offset * BATCH_POSITIONS + index)
             try:
                 event = parse(raw)
-                verdict = admit(event, ledger, wrapped["src"], position=position)
+                verdict = admit(event, entries, wrapped["src"], position=position)
             except Exception as exc:  # noqa: BLE001 - a record never stops the worker
                 log.exception("admission failed on %s", wrapped["src"])
                 tally["rejected"] = tally.get("rejected", 0) + 1
@@ -389,8 +440,18 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                      "pos": list(verdict.position)})
             if not routes:
                 latency.record_since(wrapped.get("ts"), time.time())
-        for outcome, n in tally.items():  # one counter write per outcome and batch
-            admit_counts[f"{partition}/{outcome}"] += n
+        # The partition's outcome counts (reconciliation, the demo) live in the ledger
+        # itself and go to the changelog in the same record batch as the entries
+        # they count: a worker stopped part-way keeps both or neither. (In a table
+        # of their own, written after the ledger's batch was handed to the
+        # producer, a stop in between kept the entries without their counts, and
+        # the batch's records, redelivered, counted as redeliveries only.)
+        if tally:
+            counts = dict(entries.get(COUNTS + str(partition)) or {})
+            for outcome, n in tally.items():
+                counts[outcome] = counts.get(outcome, 0) + n
+            entries[COUNTS + str(partition)] = counts
+        await ledger_log.write(partition, entries.changed)
         view = admit_clock.get(str(partition)) or {}
         if report:
             view = merge(view, report)
@@ -436,18 +497,16 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                 midnight = datetime.fromtimestamp(clock["closed"] / 1000, SHANGHAI)
                 clock["closed"] = None
             if clock["closed"] is None or to_ms(midnight) > clock["closed"]:
-                slots = [slot for slot in list(rule_state.keys())
-                         if (found := core.closing_slot(slot))
-                         and partition_of(f"{found[1]}:{found[2]}".encode(), P) == partition]
+                slots = closing_slots(partition)
                 log.info("detect partition %d: days before %s complete (watermark %s); "
                          "closing %d keys", partition, midnight.isoformat(),
                          iso_ms(low - lateness_ms), len(slots))
-                detection = core.close(slots, rule_state, midnight)
+                detection = core.close(slots, rule_values, midnight)
                 await send_alerts(detection)
                 for score in detection.scores:
                     await scores_topic.send(key=score["settlement_id"].encode(),
                                             value=orjson.dumps(score))
-                core.commit(rule_state, detection)
+                await save_rule_state(partition, detection.updates)
                 if detection.failures:
                     await dead_letter(
                         {"raw": timer_record(midnight), "topic": settings.topic("detect"),
@@ -470,12 +529,12 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     async def detect_batch(partition: int, batch, first: bool = True,
                            sender: str | None = None) -> None:
         """A batch's records against the rule state, through an overlay: each state
-        slot is written to the table (and its changelog) once per batch, not once
-        per record — a pool's book changes with every record of the pool, and the
-        changelog messages were the detect stage's main cost. The alerts of the
+        slot is written to the table once per batch, not once per record (a pool's
+        book changes with every record of the pool), and the batch's writes go to
+        the changelog as one record batch (streams.changelog). The alerts of the
         whole batch are acknowledged before any of its state is saved (see
         DetectionCore.commit): a crash in between re-runs the batch."""
-        overlay = StateOverlay(rule_state)
+        overlay = StateOverlay(rule_values)
         alerts = []
         clock = detect_clock.get(str(partition)) or {"views": {}, "closed": None}
         late = 0
@@ -489,7 +548,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             if detection.failures:
                 await rule_failed(routed, detection)
         await send_alerts(Detection(alerts, [], {}))
-        overlay.save()
+        await save_rule_state(partition, overlay.changed)
         if not first:
             return
         if late:
@@ -592,13 +651,17 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
 
     @app.timer(1.0)
     async def publish_metrics():
-        counts = {k: v for k, v in admit_counts.items()}
+        counts = {f"{p}/{outcome}": n for p in range(P)
+                  for outcome, n in (ledger_values.get(COUNTS + str(p)) or {}).items()}
         await metrics_topic.send(key=worker_name.encode(), value=orjson.dumps({
             "worker": worker_name,
             "admit": counts,
             "validate_rejected_since_start": validate_rejected["count"],
             "latency": latency.summary(),
             "flow": {**flow, "instance": instance, "detected_from": dict(detected_from)},
+            # The source partitions this worker reads: how a group's share is seen.
+            "sources": sorted(f"{tp.topic}/{tp.partition}"
+                              for tp in app.consumer.assignment() if tp.topic in source_topics),
             # Per detect partition: the last midnight its closing rules were run for
             # (epoch ms) — how far the stream's days are judged.
             "closed": {p: clock["closed"] for p, clock in detect_clock.items()
@@ -612,6 +675,9 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     return app
 
 
+#: Ledger key of an admission partition's outcome counts: "~" starts no record id's key.
+COUNTS = "~counts/"
+
 # Internal hops carry batches: up to BATCH_RECORDS records gathered for at most
 # BATCH_WAIT_S, one message per destination partition.
 BATCH_RECORDS = 500
@@ -622,41 +688,6 @@ IDLE_AFTER_S = 5.0  # a source partition unread since start and quiet this long 
 CAUGHT_UP_S = 2.0  # a source partition read to its end is idle once it stays so this long
 MAX_BATCH_BYTES = 256 * 1024
 STALL_AFTER_S = 5.0  # no record from a partition with records to give: seek it back
-
-
-class StateOverlay(MutableMapping):
-    """Writes kept in memory over a table until ``save``; reads see them first."""
-
-    def __init__(self, table) -> None:
-        self.table = table
-        self.changed: dict = {}
-
-    def __getitem__(self, key):
-        if key in self.changed:
-            return self.changed[key]
-        return self.table[key]
-
-    def get(self, key, default=None):
-        if key in self.changed:
-            return self.changed[key]
-        return self.table.get(key, default)
-
-    def __setitem__(self, key, value) -> None:
-        self.changed[key] = value
-
-    def __delitem__(self, key) -> None:
-        raise NotImplementedError("rule state is replaced, never deleted")
-
-    def __iter__(self):
-        return iter(set(self.table.keys()) | set(self.changed))
-
-    def __len__(self) -> int:
-        return len(set(self.table.keys()) | set(self.changed))
-
-    def save(self) -> None:
-        for key, value in self.changed.items():
-            self.table[key] = value
-        self.changed.clear()
 
 
 async def to_the_end(work):

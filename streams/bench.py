@@ -1,6 +1,6 @@
 """``fundwatch bench``: the live path measured through the broker, beside a raw consumer.
 
-Two phases, each with its own topics, consumer group and worker process:
+Phases, each with its own topics, consumer group and worker processes:
 
 1. throughput — a simulated stream is produced first; a raw aiokafka consumer
    (``getmany`` + orjson parse, its own group) reads it, then one ``fundwatch
@@ -9,6 +9,9 @@ Two phases, each with its own topics, consumer group and worker process:
 2. latency — a fresh worker is started and warmed up, then the stream is produced
    at half the rate phase 1 sustained; latency per record = last stage done −
    producer timestamp, reported by the worker as p50/p99.
+3. scale-out (not with ``--quick``) — one worker, then two in one consumer group,
+   each set started and seen sharing the source partitions before the stream is
+   produced; ``two_workers_ratio`` is the second rate over the first.
 
 The last line is the contract's JSON. Compare ``ratio``, not absolute rates: the
 machines are shared and noisy, and both rates come from the same run.
@@ -30,6 +33,8 @@ from infra.config import Settings
 from streams.live import Watcher, peak_rss_mb, produce, start_worker, stop_worker
 from streams.simulate import simulate
 
+
+SETTLE_S = 3.0  # a group seen sharing its partitions must stay so this long
 
 def _say(text: str) -> None:
     print(text, flush=True)
@@ -101,6 +106,39 @@ async def _throughput(settings: Settings, events: list[bytes], out: Path) -> dic
             "peak_rss_mb": rss}
 
 
+async def _scale(settings: Settings, events: list[bytes], workers: int, out: Path) -> float:
+    """Records/s with ``workers`` workers in one consumer group, each started and
+    settled in the group before the stream is produced (as fast as the producer
+    goes), so that no rebalance falls inside the measured time."""
+    watcher = Watcher(settings)
+    await watcher.start()
+    procs = [start_worker(settings, out / f"worker-scale{workers}-{n}.log")
+             for n in range(workers)]
+    try:
+        await produce(settings, events[:1])          # warm-up: one record through
+        await _until_accounted(watcher, procs[0], 1, 180)
+        total = 2 * settings.partitions  # settlements and contributions
+
+        def shared_out(o) -> bool:
+            shares = o.shares()
+            return len(shares) == workers and min(shares) > 0 and sum(shares) == total
+
+        if not await watcher.until(shared_out, 180):
+            raise RuntimeError(f"the group did not share the {total} source partitions "
+                               f"among {workers} workers: {watcher.observed.shares()}")
+        await watcher.until(lambda o: False, SETTLE_S)  # and it stays so
+        if not shared_out(watcher.observed):
+            raise RuntimeError(f"the group rebalanced again: {watcher.observed.shares()}")
+        produced = asyncio.create_task(produce(settings, events[1:], in_step_s=None))
+        first, last = await _until_accounted(watcher, procs[0], len(events), 1800)
+        await produced
+    finally:
+        for proc in procs:
+            stop_worker(proc)
+        await watcher.stop()
+    return (len(events) - 1) / (last - first)
+
+
 async def _latency(settings: Settings, events: list[bytes], rate: float, out: Path) -> dict:
     watcher = Watcher(settings)
     await watcher.start()
@@ -136,6 +174,15 @@ def run_bench(quick: bool = False) -> dict:
         t = asyncio.run(_throughput(s1, events, out))
         lat_events = events[: max(200, int(t["events_per_s"] * (5 if quick else 20)))]
         lat = asyncio.run(_latency(s2, lat_events, t["events_per_s"] / 2, out))
+        scale = {}
+        if not quick:
+            # One and two workers, side by side, the same protocol: the ratio is the
+            # scale-out figure (2 cores: the broker and the producer share them).
+            for workers in (1, 2):
+                s = _phase_settings(base, f"scale{workers}", out)
+                ensure_topics(broker.bootstrap_servers, s)
+                scale[workers] = asyncio.run(_scale(s, events, workers, out))
+                _say(f"{workers} worker(s) in one group: {scale[workers]:,.0f} records/s")
     return {
         "events_per_s": round(t["events_per_s"], 1),
         "raw_consumer_events_per_s": round(t["raw_consumer_events_per_s"], 1),
@@ -146,6 +193,9 @@ def run_bench(quick: bool = False) -> dict:
         "records": t["records"],
         "latency_records": len(lat_events),
         "latency_rate_per_s": round(t["events_per_s"] / 2, 1),
+        **({"one_worker_events_per_s": round(scale[1], 1),
+            "two_workers_events_per_s": round(scale[2], 1),
+            "two_workers_ratio": round(scale[2] / scale[1], 3)} if scale else {}),
         "partitions": base.partitions,
         "cores": os.cpu_count(),
     }

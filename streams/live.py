@@ -36,7 +36,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
                  "data_dir", "session_timeout_s", "rebalance_timeout_s",
                  "heartbeat_interval_s", "security_protocol", "sasl_mechanism",
                  "sasl_username", "sasl_password", "ssl_cafile", "ssl_certfile",
-                 "ssl_keyfile", "replication_factor", "notify_secret"):
+                 "ssl_keyfile", "replication_factor", "notify_secret", "standby_replicas",
+                 "fetch_max_wait_ms"):
         value = getattr(settings, name)
         if value is not None:
             env["FUNDWATCH_" + name.upper()] = str(value)
@@ -157,6 +158,7 @@ class Observed:
     closed: dict[str, int] = field(default_factory=dict)  # detect partition → midnight (ms)
     late: dict[str, int] = field(default_factory=dict)  # detect partition → late copies
     scores: dict[str, dict] = field(default_factory=dict)  # settlement id → its score record
+    sources: dict[str, list] = field(default_factory=dict)  # worker → source partitions read
 
     def count(self, outcome: str) -> int:
         return sum(v for k, v in self.admit_counts.items() if k.endswith("/" + outcome))
@@ -203,6 +205,13 @@ class Observed:
         for f, _ in self.flow.values():
             handled.update(f.get("detected_from", {}))
         return all(handled[f["instance"]] >= f["routed"] for f in live)
+
+    def shares(self) -> list[int]:
+        """How many source partitions each worker heard from in the last few
+        seconds reads (a settled group: every partition once, none idle)."""
+        now = time.monotonic()
+        return [len(self.sources.get(worker, ())) for worker, (_, seen) in self.flow.items()
+                if now - seen < 3.0]
 
     def settled(self, total: int) -> bool:
         """All ``total`` input records accounted for and the last stage caught up."""
@@ -280,6 +289,8 @@ class Watcher:
                         o.latency[value["worker"]] = value["latency"]
                     if value.get("flow"):
                         o.flow[value["worker"]] = (value["flow"], time.monotonic())
+                    if "sources" in value:
+                        o.sources[value["worker"]] = value["sources"]
                     for part, ms in value.get("closed", {}).items():
                         o.closed[part] = max(o.closed.get(part, ms), ms)
                     for part, n in value.get("late", {}).items():

@@ -6,7 +6,8 @@ it; this test finds both without being edited. The checks are those of
 Faust, no wall clock), the docstring examples, the fixture (its events through the
 offline driver — the live worker's stages over memory — give the expected alerts
 and nothing else, twice byte-identical, the same with live-style JSON state, an
-idempotent close timer) and the contract's alert schema.
+idempotent close timer, no key called not due with work waiting) and the contract's
+alert schema.
 """
 from __future__ import annotations
 
@@ -66,3 +67,17 @@ def test_the_battery_finds_what_is_wrong_with_a_rule(tmp_path, monkeypatch):
     assert any("1 of 1 docstring example(s) failed" in p for p in problems["doctests"])
     assert any(".severity: expected 'critical', got 'warning'" in p
                for p in problems["fixture"])
+
+
+@pytest.mark.parametrize("rule_id", ["overlapping_stay", "phantom_bed"])
+def test_the_battery_finds_a_rule_that_calls_waiting_work_not_due(rule_id, monkeypatch):
+    """A close visits only due keys (live, an index of them): a rule whose ``due``
+    hides a stay still waiting for its day's close is caught by the fixture check."""
+    from rules.fixtures import _due_problems, load_fixture
+
+    cls = RULES[rule_id][0]
+    fixture = load_fixture(cls)
+    assert _due_problems(cls, fixture) == []
+    monkeypatch.setattr(cls, "due", lambda self, state: False)
+    problems = _due_problems(cls, fixture)
+    assert problems and all("due() says the close has nothing to do" in p for p in problems)

@@ -132,8 +132,7 @@ def test_killed_worker_restarts_and_still_knows_duplicates(live_settings):
     try:
         o = asyncio.run(run_through_worker(live_settings, worker, [dumps(s) for s in stays], 4))
         assert o.count("accepted") == 4 and not o.alerts     # 4 unfiled stays: below 5
-        asyncio.run(wait_for_changelog(live_settings, "ledger", 4))
-        asyncio.run(wait_for_changelog(live_settings, "admit-counts", 1))  # one per batch
+        asyncio.run(wait_for_changelog(live_settings, "ledger", 5))  # 4 + the counts
         asyncio.run(wait_for_changelog(live_settings, "rule-state", 4))
     finally:
         stop_worker(worker, hard=True)                          # SIGKILL: no clean shutdown

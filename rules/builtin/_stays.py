@@ -178,6 +178,9 @@ class StaysJudgedAtTheClose(Rule):
             return state, []  # re-delivered (or a stay already taken back)
         return {**st, "held": [*st.get("held", []), _held(event)]}, []
 
+    def due(self, state) -> bool:
+        return bool((state or {}).get("held"))
+
     def close(self, state, midnight):
         held = (state or {}).get("held")
         if not held:

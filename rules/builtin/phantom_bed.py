@@ -148,6 +148,9 @@ class PhantomBed(Rule):
     def wants(self, event: Any) -> bool:
         return getattr(event, "kind", None) == "settlement"
 
+    def due(self, state) -> bool:
+        return bool(state and state["due"])  # a person with a stay not yet scored
+
     def apply(self, state, event):
         state = state or {"h": [], "due": []}
         history, due = state["h"], state["due"]
