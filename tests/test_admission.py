@@ -3,41 +3,31 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
 import pytest
 
 from streams.admission import ADMISSION_CODES, Admission, admit, ledger_key
+from streams.changelog import EncodedValues
 from streams.records import REASON_CODES, parse
 from tests.factories import contribution, dumps, reversal_of, settlement
 
 
-class JsonTable(MutableMapping[str, Any]):
-    """Stands in for a Faust table (which cannot run without a worker): values are kept
-    serialised as JSON, so a change made in place on a value read from it is lost, just
-    as a Faust table persists a change only when the key is assigned."""
+class JsonTable(EncodedValues):
+    """A worker's ledger without a worker (``EncodedValues``: each value kept as its
+    JSON), so a change made in place on a value read from it is lost, as a Faust
+    table persists a change only when the key is assigned; remembers the order of
+    the writes."""
 
     def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
+        super().__init__({})
         self.writes: list[str] = []
 
-    def __getitem__(self, key: str) -> Any:
-        return orjson.loads(self.data[key])
-
     def __setitem__(self, key: str, value: Any) -> None:
-        self.data[key] = orjson.dumps(value)  # fails on anything not JSON-able
+        super().__setitem__(key, value)  # fails on anything not JSON-able
         self.writes.append(key)
-
-    def __delitem__(self, key: str) -> None:
-        del self.data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.data)
-
-    def __len__(self) -> int:
-        return len(self.data)
 
 
 @pytest.fixture(params=["dict", "json-table"])
