@@ -2,6 +2,7 @@
 
     python bench/state_memory.py [--persons 1000000] [--institutions 10000]
                                  [--pools 300] [--days 30] [--seed 5] [--partitions 4]
+                                 [--store memory|rocksdb]
 
 1. Writes a synthetic stream (contract JSON lines) in which every one of
    ``--persons`` insured persons settles at least once in ``--days`` days, at
@@ -13,7 +14,9 @@
 2. Replays it in a fresh process through every stage a live worker runs —
    validation, admission (the ledger), every rule and the pool books, the daily
    closes with the per-partition models — keeping the state and the ledger as a
-   worker's tables hold them: each value its JSON bytes (streams.changelog).
+   worker's tables hold them: each value its JSON bytes (streams.changelog), in
+   dicts (``--store memory``) or in RocksDB databases opened with the worker's own
+   options, one per table and partition (``--store rocksdb``, streams.tables).
 3. Prints the child's peak resident memory (VmHWM) and its baseline before the
    first record, the state's slots by kind of key, and its size as JSON (what the
    changelog topics' compacted tails hold). The last line is JSON.
@@ -28,11 +31,14 @@ from __future__ import annotations
 import argparse
 import gc
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
+from collections.abc import MutableMapping
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -161,7 +167,57 @@ def write_stream(out: Path, persons: int, institutions: int, pools: int, days: i
     return {"lines": lines, "settlements": settlement_no, "regions": len(region_codes)}
 
 
-def child(path: str, partitions: int, batch: int = 500) -> None:
+class RocksTable(MutableMapping):
+    """A table's store as a RocksDB worker holds it: one database per partition,
+    opened with the worker's options (streams.tables.ROCKSDB_OPTIONS, through
+    Faust's RocksDBOptions), keys JSON-encoded as Faust encodes them."""
+
+    def __init__(self, directory: Path, name: str, partitions: int) -> None:
+        from faust.stores.rocksdb import RocksDBOptions
+
+        from streams.tables import ROCKSDB_OPTIONS
+
+        options = {k: v for k, v in ROCKSDB_OPTIONS.items() if k != "driver"}
+        self.dbs = [RocksDBOptions(**options, use_rocksdict=True).open(
+            directory / f"{name}-{p}.db") for p in range(partitions)]
+
+    def _db(self, key: bytes):
+        return self.dbs[zlib.crc32(key) % len(self.dbs)]
+
+    def __getitem__(self, key: str) -> bytes:
+        encoded = orjson.dumps(key)
+        value = self._db(encoded).get(encoded)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default=None):
+        encoded = orjson.dumps(key)
+        value = self._db(encoded).get(encoded)
+        return default if value is None else value
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        encoded = orjson.dumps(key)
+        self._db(encoded).put(encoded, value)
+
+    def __delitem__(self, key: str) -> None:
+        raise NotImplementedError
+
+    def __iter__(self):
+        for db in self.dbs:
+            for key in db.keys():
+                yield orjson.loads(key)
+
+    def items(self):
+        for db in self.dbs:
+            for key, value in db.items():
+                yield orjson.loads(key), value
+
+    def __len__(self) -> int:
+        return sum(1 for db in self.dbs for _ in db.keys())
+
+
+def child(path: str, partitions: int, store: str = "memory", batch: int = 500) -> None:
     """Replay ``path`` through the offline driver; print one JSON line of figures."""
     from rules.core import DetectionCore, load_rules
     from streams.changelog import EncodedValues, StateOverlay
@@ -170,7 +226,12 @@ def child(path: str, partitions: int, batch: int = 500) -> None:
     # The state and the ledger as a worker's tables hold them (each value its JSON
     # bytes), written once per batch of records through an overlay, as the worker's
     # stages write them.
-    ledger, state = EncodedValues({}), EncodedValues({})
+    if store == "rocksdb":
+        directory = Path(tempfile.mkdtemp(prefix="fundwatch-tables-"))
+        ledger = EncodedValues(RocksTable(directory, "ledger", partitions))
+        state = EncodedValues(RocksTable(directory, "rule-state", partitions))
+    else:
+        ledger, state = EncodedValues({}), EncodedValues({})
     pipeline = OfflinePipeline(DetectionCore(load_rules(), partitions=partitions),
                                ledger=StateOverlay(ledger), state=StateOverlay(state))
     gc.collect()
@@ -197,7 +258,7 @@ def child(path: str, partitions: int, batch: int = 500) -> None:
         keys.setdefault(rule_id, set()).add(key)
     ledger_bytes = sum(len(k) + 2 + len(v) for k, v in ledger.store.items())
     print(orjson.dumps({
-        "records": n, "records_per_s": round(n / elapsed, 1), "seconds": round(elapsed, 1),
+        "store": store, "records": n, "records_per_s": round(n / elapsed, 1), "seconds": round(elapsed, 1),
         "baseline_rss_mb": round(baseline, 1), "peak_rss_mb": round(peak, 1),
         "slots": dict(slots), "state_json_mb": round(sum(state_bytes.values()) / 1e6, 1),
         "state_json_mb_by_rule": {k: round(v / 1e6, 2) for k, v in state_bytes.most_common()},
@@ -209,6 +270,8 @@ def child(path: str, partitions: int, batch: int = 500) -> None:
                             | keys.get("unfiled_cross_region", set())),
         "pools": len(keys.get("pool_fund", ())),
         "counts": dict(pipeline.counts)}).decode(), flush=True)
+    if store == "rocksdb":
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _save(pipeline, ledger, state) -> None:
@@ -242,10 +305,12 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--store", choices=("memory", "rocksdb"), default="memory",
+                    help="where the two large tables are kept (a worker's table_store)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.partitions)
+        child(args.child, args.partitions, args.store)
         return
     out = Path(tempfile.mkdtemp(prefix="fundwatch-state-")) / "stream.jsonl"
     started = time.perf_counter()
@@ -257,7 +322,7 @@ def main() -> None:
           f"{time.perf_counter() - started:.0f} s: {out} ({out.stat().st_size / 1e6:,.0f} MB)",
           flush=True)
     result = subprocess.run([sys.executable, __file__, "--child", str(out),
-                             "--partitions", str(args.partitions)],
+                             "--partitions", str(args.partitions), "--store", args.store],
                             capture_output=True, text=True)
     if result.returncode:
         sys.exit(result.stderr)

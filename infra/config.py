@@ -84,6 +84,12 @@ class Settings:
     # worker, against 1.68× with none. 0, as Kafka Streams: a partition that moves
     # is rebuilt from its changelog first (seconds per 100 MB of compacted state).
     standby_replicas: int = 0
+    # Where a worker keeps its two large tables (the ledger, the rule state):
+    # "memory", or "rocksdb" (RocksDB files under data_dir, through rocksdict) for a
+    # province whose persons and settlements do not fit a worker's memory
+    # (bench/state_memory.py measures both). Either way the changelog topics are
+    # the tables' source of truth: a starting worker rebuilds them from there.
+    table_store: str = "memory"
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -183,6 +189,7 @@ class Settings:
 _INTS = {"partitions", "replication_factor", "allowed_lateness_s", "fetch_max_wait_ms",
          "standby_replicas"}
 _MAY_BE_ZERO = {"standby_replicas"}
+_CHOICES = {"table_store": ("memory", "rocksdb")}
 _FLOATS = {"session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s"}
 
 
@@ -199,6 +206,9 @@ def _coerce(name: str, raw, where: str):
         raise ConfigError(f"{where}: {name} = {raw!r} is not valid ({exc})") from None
     if raw is not None and not isinstance(raw, str):
         raise ConfigError(f"{where}: {name} must be a string, got {type(raw).__name__}")
+    if name in _CHOICES and raw not in _CHOICES[name]:
+        raise ConfigError(f"{where}: {name} = {raw!r} is not one of "
+                          f"{', '.join(_CHOICES[name])}")
     return raw or None if name != "topic_prefix" else raw
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
 
@@ -31,14 +31,10 @@ from streams.watermark import event_ms
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment that makes a child process use exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FUNDWATCH_")}
-    for name in ("bootstrap_servers", "db_url", "topic_prefix", "partitions", "app_id",
-                 "pools_path",
-                 "data_dir", "session_timeout_s", "rebalance_timeout_s",
-                 "heartbeat_interval_s", "security_protocol", "sasl_mechanism",
-                 "sasl_username", "sasl_password", "ssl_cafile", "ssl_certfile",
-                 "ssl_keyfile", "replication_factor", "notify_secret", "standby_replicas",
-                 "fetch_max_wait_ms"):
-        value = getattr(settings, name)
+    for f in fields(Settings):
+        if f.name in ("rules", "notify", "config_path"):  # the config file's tables
+            continue
+        name, value = f.name, getattr(settings, f.name)
         if value is not None:
             env["FUNDWATCH_" + name.upper()] = str(value)
     if settings.config_path:

@@ -32,6 +32,7 @@ def test_nothing_configured_means_embedded_defaults():
     ('[fundwatch]\npartitons = 3\n', "[fundwatch].partitons is not a known setting"),
     ('[fundwatch]\npartitions = 0\n', "[fundwatch].partitions"),
     ('[fundwatch\n', "not valid TOML"),
+    ('[fundwatch]\ntable_store = "disk"\n', "table_store = 'disk' is not one of memory, rocksdb"),
 ])
 def test_config_errors_name_the_file_and_the_key(tmp_path, text, needle):
     conf = tmp_path / "bad.toml"
