@@ -296,6 +296,14 @@ class DetectionCore:
         step = found[0]
         return isinstance(step, Book) or step.due(stored["v"])
 
+    def slot_partition(self, slot: str) -> int | None:
+        """The partition whose close visits ``slot`` (that of its key's copies), or
+        None for a slot no close visits."""
+        found = self.closing_slot(slot)
+        if not found:
+            return None
+        return partition_of(f"{found[1]}:{found[2]}".encode(), self.partitions)
+
     def close(self, slots: Iterable[str], state: MutableMapping[str, Any],
               midnight: datetime) -> "Detection":
         """Run the ``close`` timer of each slot's rule or book (other slots, and
@@ -447,6 +455,50 @@ class DetectionCore:
         state before its keys' states (it records what the close did)."""
         for slot, value in detection.updates.items():
             state[slot] = value
+
+
+class ClosingIndex:
+    """The state slots a close must visit (``DetectionCore.due``), for both drivers.
+
+    Built from the state the first time a close needs it (a driver may start with
+    state it did not write: a table recovered from its changelog, a resumed
+    replay), then kept by every write (``update``). A close used to read every slot
+    — every person of a province, each day — while most have nothing waiting.
+    ``belongs(slot)`` keeps a live detect partition's index to its own slots.
+
+    >>> core = DetectionCore(load_rules())
+    >>> index = ClosingIndex(core)
+    >>> state = {"pool_fund|440300:employee": {"v": {"months": {}}, "at": {}},
+    ...          "unfiled_cross_region|H1": {"v": {}, "at": {}}}   # no close timer
+    >>> sorted(index.slots_due(state))
+    ['pool_fund|440300:employee']
+    >>> index.update({"pool_fund|110100:resident": {"v": {"months": {}}, "at": {}}})
+    >>> sorted(index.slots_due(state))
+    ['pool_fund|110100:resident', 'pool_fund|440300:employee']
+    """
+
+    def __init__(self, core: DetectionCore,
+                 belongs: Callable[[str], bool] = lambda slot: True) -> None:
+        self.core = core
+        self.belongs = belongs
+        self.slots: set[str] | None = None  # None: to be built from the state
+
+    def slots_due(self, state: Mapping[str, Any]) -> set[str]:
+        if self.slots is None:
+            self.slots = {slot for slot in list(state)
+                          if self.core.closing_slot(slot) and self.belongs(slot)
+                          and self.core.due(slot, state.get(slot))}
+        return self.slots
+
+    def update(self, changes: Mapping[str, Any]) -> None:
+        """Slots just written (with their new envelopes)."""
+        if self.slots is None:
+            return  # built from the state, writes included, when first needed
+        for slot, stored in changes.items():
+            if self.core.due(slot, stored):
+                self.slots.add(slot)
+            else:
+                self.slots.discard(slot)
 
 
 @dataclass

@@ -41,7 +41,8 @@ from streams import offset_guard, tables
 from rules.alerts import SHANGHAI
 # partition_of: a batch is sent to the partition its records' keys hash to, so the
 # table writes made while handling it land in the changelog partition they always did.
-from rules.core import Detection, DetectionCore, load_rules, partition_of  # noqa: F401
+from rules.core import (ClosingIndex, Detection, DetectionCore, load_rules,  # noqa: F401
+                        partition_of)
 from rules.registry import Registry
 from sinks.store import AlertStore, alert_problems
 from streams.admission import admit
@@ -199,36 +200,25 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
 
     ledger_log = ChangelogWriter(ledger, aiokafka_producer, changelog_failed)
     rule_log = ChangelogWriter(rule_state, aiokafka_producer, changelog_failed)
-    # Per detect partition, the state slots a daily close must visit (DetectionCore.due:
-    # a rule or book with a close timer, and something waiting for it): built from
-    # the table at the partition's first close after an assignment (recovery fills
-    # the table without passing here), then kept up to date by the writes. A close
-    # used to read every slot of the partition — every person of a province.
-    closing_index: dict[int, set[str]] = {}
+    # Per detect partition, the state slots a daily close must visit (rules.core
+    # ClosingIndex): built from the table at the partition's first close after an
+    # assignment (recovery fills the table without passing here), then kept by
+    # the writes.
+    closing: dict[int, ClosingIndex] = {}
 
-    def closing_slots(partition: int) -> set[str]:
-        slots = closing_index.get(partition)
-        if slots is None:
-            slots = closing_index[partition] = {
-                slot for slot in list(rule_state.keys())
-                if (found := core.closing_slot(slot))
-                and partition_of(f"{found[1]}:{found[2]}".encode(), P) == partition
-                and core.due(slot, rule_values.get(slot))}
-        return slots
+    def closing_index(partition: int) -> ClosingIndex:
+        if partition not in closing:
+            closing[partition] = ClosingIndex(
+                core, lambda slot: core.slot_partition(slot) == partition)
+        return closing[partition]
 
     async def save_rule_state(partition: int, changes: dict) -> None:
-        slots = closing_index.get(partition)
-        if slots is not None:
-            for slot, stored in changes.items():
-                if core.due(slot, stored):
-                    slots.add(slot)
-                else:
-                    slots.discard(slot)
+        closing_index(partition).update(changes)
         await rule_log.write(partition, changes)
 
     @app.on_partitions_assigned.connect
     async def _assigned(app, assigned, **kwargs) -> None:
-        closing_index.clear()  # the tables are about to be recovered anew
+        closing.clear()  # the tables are about to be recovered anew
 
     async def dead_letter(message, reasons, stage):
         record = deadletter_record(message["raw"], reasons, stage=stage,
@@ -505,7 +495,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                 midnight = datetime.fromtimestamp(clock["closed"] / 1000, SHANGHAI)
                 clock["closed"] = None
             if clock["closed"] is None or to_ms(midnight) > clock["closed"]:
-                slots = closing_slots(partition)
+                slots = closing_index(partition).slots_due(rule_values)
                 log.info("detect partition %d: days before %s complete (watermark %s); "
                          "closing %d keys", partition, midnight.isoformat(),
                          iso_ms(low - lateness_ms), len(slots))

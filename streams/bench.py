@@ -159,13 +159,13 @@ async def _latency(settings: Settings, events: list[bytes], rate: float, out: Pa
             "latency_max_s": summary["max_s"], "peak_rss_mb": rss}
 
 
-def run_bench(quick: bool = False) -> dict:
+def run_bench(quick: bool = False, table_store: str = "memory") -> dict:
     days = 2 if quick else 10
     events = simulate(days=days, seed=11).events
     out = Path(tempfile.mkdtemp(prefix="fundwatch-bench-"))
     _say(f"bench: {len(events):,} simulated records ({days} days), {os.cpu_count()} cores; "
          f"logs in {out}")
-    base = Settings(partitions=4)
+    base = Settings(partitions=4, table_store=table_store)
     with EmbeddedBroker(base, log_path=out / "broker.log") as broker:
         base = base.with_(bootstrap_servers=broker.bootstrap_servers)
         s1, s2 = _phase_settings(base, "throughput", out), _phase_settings(base, "latency", out)
@@ -197,5 +197,6 @@ def run_bench(quick: bool = False) -> dict:
             "two_workers_events_per_s": round(scale[2], 1),
             "two_workers_ratio": round(scale[2] / scale[1], 3)} if scale else {}),
         "partitions": base.partitions,
+        "table_store": table_store,
         "cores": os.cpu_count(),
     }

@@ -258,7 +258,8 @@ def _bench(args) -> int:
 
     from streams.bench import run_bench
 
-    print(orjson.dumps(run_bench(quick=args.quick)).decode(), flush=True)
+    print(orjson.dumps(run_bench(quick=args.quick, table_store=args.store)).decode(),
+          flush=True)
     return 0
 
 
@@ -345,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("bench", help="measure the live path through the broker")
     p.add_argument("--quick", action="store_true", help="a short run (about a minute)")
+    p.add_argument("--store", choices=("memory", "rocksdb"), default="memory",
+                   help="where the workers keep their large tables (FUNDWATCH_TABLE_STORE)")
 
     from rules.commands import add_parser as add_rules_parser
 

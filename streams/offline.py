@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 import orjson
 
-from rules.core import DetectionCore
+from rules.core import ClosingIndex, DetectionCore
 from streams.admission import admit
 from streams.deadletter import deadletter_record
 from streams.records import Reason, Rejected, from_canonical, parse, to_canonical
@@ -42,6 +42,12 @@ class OfflinePipeline:
     # Called as on_close(state, midnight) after each close is committed: what only a
     # replay wants to see between closes (the days' balances a report draws).
     on_close: Callable[[dict, datetime], None] | None = None
+
+    def __post_init__(self) -> None:
+        # The slots the closes visit, as live (rules.core.ClosingIndex). ``state``
+        # may be swapped for another view of the same slots (an overlay) between
+        # records, never written behind the pipeline's back.
+        self.closing = ClosingIndex(self.core)
 
     def feed(self, raw: bytes, *, source: str | None = None, topic: str | None = None,
              partition: int | None = None, offset: int | None = None,
@@ -82,6 +88,7 @@ class OfflinePipeline:
             detection = self.core.process(kind, key, event, self.state,
                                           position=verdict.position)
             self.core.commit(self.state, detection)
+            self.closing.update(detection.updates)
             for alert in detection.alerts:
                 self.emitted.append(alert)
                 self.alerts[alert["alert_id"]] = alert
@@ -109,8 +116,10 @@ class OfflinePipeline:
         if self.closed_ms is not None and to_ms(midnight) <= self.closed_ms:
             return
         self.closed_ms = to_ms(midnight)
-        detection = self.core.close(list(self.state), self.state, midnight)
+        detection = self.core.close(self.closing.slots_due(self.state), self.state,
+                                    midnight)
         self.core.commit(self.state, detection)
+        self.closing.update(detection.updates)
         self.scores.extend(detection.scores)
         for alert in detection.alerts:
             self.emitted.append(alert)

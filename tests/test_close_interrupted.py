@@ -16,7 +16,7 @@ import random
 
 from detectors.features import as_dict
 from detectors.model import restore
-from rules.core import DetectionCore, load_rules
+from rules.core import ClosingIndex, DetectionCore, load_rules
 from rules.registry import Registry
 from streams.offline import OfflinePipeline
 from streams.simulate import simulate, write
@@ -49,8 +49,10 @@ class KilledAtEveryClose(OfflinePipeline):
             self.emitted.append(alert)
             self.alerts[alert["alert_id"]] = alert
         self.scores.extend(detection.scores)
-        # Restarted: rules built anew; the clock (another table) was not saved.
+        # Restarted: rules built anew, their closing index rebuilt from the state; the
+        # clock (another table) was not saved.
         self.core = self.make_core()
+        self.closing = ClosingIndex(self.core)
         super()._close_at(midnight)
 
 
