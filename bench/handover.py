@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infra.broker import EmbeddedBroker, ensure_topics  # noqa: E402
 from infra.config import Settings  # noqa: E402
 from rules.core import DetectionCore, load_rules  # noqa: E402
-from streams.live import Watcher, produce, read_table, start_worker, stop_worker  # noqa: E402
+from streams.live import hand_over, read_table, start_worker, stop_worker  # noqa: E402
 from streams.offline import OfflinePipeline  # noqa: E402
 from streams.records import Rejected, Settlement, parse  # noqa: E402
 from streams.simulate import simulate  # noqa: E402
@@ -50,21 +50,8 @@ def one_run(broker, work: Path, lines, offline, valid_ids) -> dict:
     first = start_worker(settings, work / "worker-a.log")
     second = start_worker(settings, work / "worker-b.log")
 
-    async def run():
-        watcher = Watcher(settings)
-        await watcher.start()
-        producing = asyncio.create_task(produce(settings, lines, rate_per_s=600))
-        await watcher.until(lambda o: o.accounted >= len(lines) // 3, 120)
-        stop_worker(first)
-        await producing
-        done = await watcher.until(lambda o: o.accounted >= len(lines)
-                                   and o.alerts == offline.alerts, 180)
-        await watcher.until(lambda o: False, 3.0)
-        await watcher.stop()
-        return done, watcher.observed
-
     try:
-        done, observed = asyncio.run(run())
+        done, observed = asyncio.run(hand_over(settings, lines, first, offline.alerts))
     finally:
         stop_worker(first)
         stop_worker(second)

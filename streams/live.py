@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -305,6 +305,32 @@ class Watcher:
     async def stop(self) -> None:
         if self._consumer:
             await self._consumer.stop()
+
+
+async def hand_over(settings: Settings, lines: list[bytes], leaving: subprocess.Popen,
+                    expected_alerts: dict, *, rate_per_s: float = 600,
+                    before_stop: Callable[[], None] | None = None) -> tuple[bool, Observed]:
+    """The hand-over scenario (tests/test_scale_out.py, bench/handover.py): produce
+    ``lines``; a third of the way through, stop the worker ``leaving`` (SIGTERM), so
+    that its partitions move to the others in its group; wait until every record is
+    accounted for and the alerts equal ``expected_alerts``, then a little longer to
+    see that nothing more comes out. ``before_stop()`` runs just before the stop.
+    Returns (whether that state was reached, what was observed)."""
+    watcher = Watcher(settings)
+    await watcher.start()
+    producing = asyncio.create_task(produce(settings, lines, rate_per_s=rate_per_s))
+    await watcher.until(lambda o: o.accounted >= len(lines) // 3, 120)
+    if before_stop is not None:
+        before_stop()
+    stop_worker(leaving)
+    await producing
+    # Several workers' detect stages share partitions: wait for the records and
+    # the alerts.
+    done = await watcher.until(lambda o: o.accounted >= len(lines)
+                               and o.alerts == expected_alerts, 180)
+    await watcher.until(lambda o: False, 3.0)   # nothing more may come out
+    await watcher.stop()
+    return done, watcher.observed
 
 
 def read_table(settings: Settings, table: str, prefix: str = "") -> dict[str, dict]:

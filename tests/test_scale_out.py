@@ -10,7 +10,7 @@ import pytest
 from infra.broker import ensure_topics
 from rules.core import DetectionCore, load_rules
 from sinks.store import AlertStore
-from streams.live import Watcher, produce, start_worker, stop_worker
+from streams.live import Watcher, hand_over, produce, start_worker, stop_worker
 from streams.offline import OfflinePipeline
 from streams.simulate import simulate
 
@@ -28,28 +28,17 @@ def test_two_workers_then_one(live_settings, tmp_path):
     first = start_worker(settings, tmp_path / "worker-a.log")
     second = start_worker(settings, tmp_path / "worker-b.log")
 
-    async def run():
-        watcher = Watcher(settings)
-        await watcher.start()
-        producing = asyncio.create_task(produce(settings, lines, rate_per_s=600))
-        assert await watcher.until(lambda o: o.accounted >= len(lines) // 3, 120)
+    def both_up() -> None:
         assert first.poll() is None and second.poll() is None, "both workers must be up"
-        stop_worker(first)          # mid-stream: its partitions move to the other worker
-        assert first.returncode == 0
-        await producing
-        # Two workers' detect stages share partitions, so their own routed/detected
-        # counts do not add up per worker: wait for the records and the alerts.
-        done = await watcher.until(lambda o: o.accounted >= len(lines)
-                                   and o.alerts == offline.alerts, 180)
-        await watcher.until(lambda o: False, 3.0)   # nothing more may come out
-        await watcher.stop()
-        return done, watcher.observed
 
     try:
-        done, observed = asyncio.run(run())
+        # mid-stream: the first worker's partitions move to the other worker
+        done, observed = asyncio.run(hand_over(settings, lines, first, offline.alerts,
+                                               before_stop=both_up))
     finally:
         stop_worker(first)
         stop_worker(second)
+    assert first.returncode == 0
     assert done, f"{observed.accounted}/{len(lines)} accounted for"
     assert observed.accounted == len(lines)     # each record exactly once
 
