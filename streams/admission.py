@@ -102,12 +102,15 @@ def ledger_key(event: Settlement | Contribution) -> str:
 
 
 def admit(event: Settlement | Contribution, ledger: MutableMapping[str, Any],
-          source: str | None = None, position: tuple | None = None) -> Admission:
+          source: str | None = None, position: tuple | None = None,
+          canonical: dict[str, Any] | None = None) -> Admission:
     """Decide whether ``event`` enters the pipeline, recording it in ``ledger`` if so.
 
     ``source`` identifies where this copy came from, e.g. ``"topic:partition:offset"``;
     give it on the live path so a redelivery after a crash is told apart from a
-    producer re-sending the record. Offline tools may leave it out.
+    producer re-sending the record. Offline tools may leave it out. ``canonical``:
+    the event's ``to_canonical`` form if the caller has it (saves building it again
+    for the content digest).
 
     The original of a reversal is looked up in the same ledger, so on the live path a
     reversal must be processed in the partition that holds its original (route
@@ -144,7 +147,7 @@ def admit(event: Settlement | Contribution, ledger: MutableMapping[str, Any],
         decided = ledger.get(_SOURCE_PREFIX + source)
         if decided is not None:
             return _replayed(decided)
-    content = digest(event)
+    content = digest(event, canonical)
     seen = ledger.get(key)
     if seen is not None:
         if seen["d"] != content:

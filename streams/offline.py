@@ -68,7 +68,11 @@ class OfflinePipeline:
 
     def _admit_and_detect(self, event, raw, source, topic, partition, offset) -> str:
         self._position += 1
-        verdict = admit(event, self.ledger, source, position=("offline", self._position))
+        # Between stages the live path ships the canonical form; do the same so the
+        # detection core sees identical objects in both drivers.
+        canonical = to_canonical(event)
+        verdict = admit(event, self.ledger, source, position=("offline", self._position),
+                        canonical=canonical)
         if verdict.redelivery and verdict.outcome != "accepted":
             self.counts["redelivered"] += 1
             return verdict.outcome
@@ -78,9 +82,6 @@ class OfflinePipeline:
             self.counts["duplicate"] += 1
             return "duplicate"
         self.counts["redelivered" if verdict.redelivery else "accepted"] += 1
-        # Between stages the live path ships the canonical form; do the same so the
-        # detection core sees identical objects in both drivers.
-        canonical = to_canonical(event)
         event = from_canonical(canonical)
         for kind, key in self.core.routes(event):
             if is_late(event, self.closed_ms):

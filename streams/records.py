@@ -1175,7 +1175,7 @@ def from_canonical(d: dict[str, Any]) -> Settlement | Contribution:
     )
 
 
-def digest(event: Settlement | Contribution) -> str:
+def digest(event: Settlement | Contribution, canonical: dict[str, Any] | None = None) -> str:
     """Content hash (32 hex chars) of the canonical form with sorted keys.
 
     Times are hashed as UTC instants: the same moment written with another offset is
@@ -1189,8 +1189,14 @@ def digest(event: Settlement | Contribution) -> str:
     ...           b'"contribution_id":"C1","schema":"contribution/v1"}')
     >>> digest(a) == digest(b), len(digest(a))
     (True, 32)
+
+    ``canonical``: the event's :func:`to_canonical` form, when the caller has it
+    already (the live path ships it between stages); it is not modified.
+
+    >>> digest(a, to_canonical(a)) == digest(a)
+    True
     """
-    d = to_canonical(event)
+    d = dict(canonical) if canonical is not None else to_canonical(event)
     if isinstance(event, Contribution):
         d["received_at"] = _utc_iso(event.received_at)
     else:
