@@ -4,6 +4,7 @@ and the alerts equal the offline driver's for the same input."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -35,6 +36,10 @@ def test_two_workers_then_one(live_settings, tmp_path):
         # mid-stream: the first worker's partitions move to the other worker
         done, observed = asyncio.run(hand_over(settings, lines, first, offline.alerts,
                                                before_stop=both_up))
+        # The store is written from the alerts topic by the sink, asynchronously:
+        # wait for it (the worker still up) rather than judge it at an instant.
+        expected = sorted(offline.alerts.values(), key=lambda a: a["alert_id"])
+        stored = store_when(settings.db_url, lambda alerts: alerts == expected, 30)
     finally:
         stop_worker(first)
         stop_worker(second)
@@ -46,8 +51,19 @@ def test_two_workers_then_one(live_settings, tmp_path):
     assert observed.count("duplicate") == offline.counts["duplicate"]
     assert len(observed.deadletters) == offline.counts["rejected"]
     assert observed.alerts == offline.alerts
-    assert AlertStore(settings.db_url).all() == sorted(offline.alerts.values(),
-                                                       key=lambda a: a["alert_id"])
+    assert stored == expected
+
+
+def store_when(db_url: str, condition, timeout_s: float) -> list[dict]:
+    """The alert store's content once ``condition(content)`` holds, or when
+    ``timeout_s`` has passed (whatever it holds then)."""
+    deadline = time.monotonic() + timeout_s
+    store = AlertStore(db_url)
+    while True:
+        content = store.all()
+        if condition(content) or time.monotonic() > deadline:
+            return content
+        time.sleep(0.5)
 
 
 def test_a_batch_begun_is_finished_before_a_stop_goes_on():
