@@ -1,0 +1,101 @@
+"""One worker's throughput on a longer stream than ``fundwatch bench``'s, and the same
+side by side with an earlier commit.
+
+``fundwatch bench`` times 20,985 records: 10 to 15 seconds of work, in which these
+shared machines' noise (the same commit measured twice: 1,920 and 1,500 records/s)
+hides a change of 20%. This runs the bench's throughput phase alone (simulated
+settlements through the embedded broker into a real worker, every rule on, beside a
+raw aiokafka consumer of the same topic) over ``--days`` of records, and with
+``--against REV`` alternates this checkout with a git worktree of REV, each run a
+fresh broker, so that both see the same machine:
+
+    python bench/throughput.py --days 30                          # one run, this checkout
+    python bench/throughput.py --days 30 --against 03101e5 --pairs 3
+
+Each run prints one JSON line; with ``--against`` the last line is a summary (the
+means, and the ratio of this checkout's mean to REV's).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]
+# A run for another commit imports that commit's code (see _run_in).
+sys.path.insert(0, os.environ.get("FUNDWATCH_CHECKOUT", str(HERE)))
+
+from infra.broker import EmbeddedBroker, ensure_topics  # noqa: E402
+from infra.config import Settings  # noqa: E402
+from streams.bench import _phase_settings, _throughput  # noqa: E402
+from streams.simulate import simulate  # noqa: E402
+
+
+def one_run(days: int) -> dict:
+    events = simulate(days=days, seed=11).events
+    out = Path(tempfile.mkdtemp(prefix="fundwatch-throughput-"))
+    base = Settings(partitions=4)
+    with EmbeddedBroker(base, log_path=out / "broker.log") as broker:
+        base = base.with_(bootstrap_servers=broker.bootstrap_servers)
+        settings = _phase_settings(base, "throughput", out)
+        ensure_topics(broker.bootstrap_servers, settings)
+        t = asyncio.run(_throughput(settings, events, out))
+    return {"records": t["records"], "events_per_s": round(t["events_per_s"], 1),
+            "raw_consumer_events_per_s": round(t["raw_consumer_events_per_s"], 1),
+            "ratio": round(t["events_per_s"] / t["raw_consumer_events_per_s"], 4),
+            "peak_rss_mb": t["peak_rss_mb"] and round(t["peak_rss_mb"], 1),
+            "days": days, "cores": os.cpu_count()}
+
+
+def _run_in(checkout: Path, days: int) -> dict:
+    """This script, run in a child process that imports ``checkout``'s code (the
+    worker it starts inherits the same path and directory)."""
+    env = {**os.environ, "PYTHONPATH": str(checkout), "FUNDWATCH_CHECKOUT": str(checkout)}
+    done = subprocess.run([sys.executable, __file__, "--days", str(days)], cwd=checkout,
+                          env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def side_by_side(rev: str, days: int, pairs: int) -> dict:
+    other = Path(tempfile.mkdtemp(prefix="fundwatch-against-")) / "checkout"
+    subprocess.run(["git", "-C", str(HERE), "worktree", "add", "-q", "--detach",
+                    str(other), rev], check=True)
+    runs: dict[str, list[float]] = {"this": [], rev: []}
+    try:
+        for n in range(pairs):
+            # Alternate which goes first: a machine slowing down mid-way hits both.
+            order = [("this", HERE), (rev, other)]
+            for name, checkout in order if n % 2 == 0 else order[::-1]:
+                result = _run_in(checkout, days)
+                runs[name].append(result["events_per_s"])
+                print(json.dumps({"checkout": name, **result}), flush=True)
+    finally:
+        subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(other)],
+                       check=False)
+    mean = {name: sum(v) / len(v) for name, v in runs.items()}
+    return {"this_events_per_s": runs["this"], "against": rev,
+            "against_events_per_s": runs[rev],
+            "this_mean": round(mean["this"], 1), "against_mean": round(mean[rev], 1),
+            "ratio": round(mean["this"] / mean[rev], 3), "days": days,
+            "cores": os.cpu_count()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--days", type=int, default=30, help="days of simulated records")
+    p.add_argument("--against", metavar="REV", help="alternate with this git commit")
+    p.add_argument("--pairs", type=int, default=3, help="runs of each, with --against")
+    args = p.parse_args()
+    if args.against:
+        print(json.dumps(side_by_side(args.against, args.days, args.pairs)))
+    else:
+        print(json.dumps(one_run(args.days)))
+
+
+if __name__ == "__main__":
+    main()
