@@ -37,6 +37,8 @@ from streams.simulate import simulate  # noqa: E402
 
 
 def one_run(days: int) -> dict:
+    # The same steps as run_bench's throughput phase, written out: a run for an
+    # earlier commit imports that commit's streams.bench, which has no helper for them.
     events = simulate(days=days, seed=11).events
     out = Path(tempfile.mkdtemp(prefix="fundwatch-throughput-"))
     base = Settings(partitions=4)

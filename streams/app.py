@@ -524,6 +524,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             first = msg.offset > detect_handled.get(partition, -1)
             await pending.add(message["items"], first, message.get("o"))
             if "q" in message:
+                # advance() folds the progress in again, after the save: saving
+                # may have changed the clock (its count of late copies).
                 if clock_after(partition, message["q"], message["wm"])[1]:
                     await pending.save()
                 await advance(partition, message["q"], message["wm"])
