@@ -1,6 +1,7 @@
 """How fast an auditor's replay runs, beside a plain pandas batch over the same file.
 
     python bench/replay_speed.py [--records 1000000] [--seed 3] [--profile 100000]
+    python bench/replay_speed.py --records 200000 --collector   # the collector's effect
 
 1. Simulates a province until the file holds about ``--records`` records (JSONL).
 2. Replays it as ``fundwatch replay`` does — validation, admission, every rule and
@@ -22,6 +23,7 @@ says what that costs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import pstats
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.config import Settings  # noqa: E402
 from rules.registry import Registry  # noqa: E402
+from streams import heap  # noqa: E402
 from streams.replay import replay  # noqa: E402
 from streams.simulate import simulate, write  # noqa: E402
 
@@ -50,11 +53,14 @@ def make_file(records: int, seed: int, where: Path) -> dict:
     return write(sim, where / "province.jsonl")
 
 
-def replay_rate(paths: dict) -> tuple[float, int, int]:
+def replay_rate(paths: dict, collector: str = "settled") -> tuple[float, int, int]:
+    """``collector``: "settled" as ``fundwatch replay`` sets the garbage collector
+    (streams.heap), or "default" as CPython does."""
     settings = Settings.load(env={})
     registry = Registry.load(paths["pools"])
     started = time.perf_counter()
-    result = replay([str(paths["events"])], settings, registry, report=io.StringIO())
+    with heap.settled() if collector == "settled" else contextlib.nullcontext():
+        result = replay([str(paths["events"])], settings, registry, report=io.StringIO())
     elapsed = time.perf_counter() - started
     return result.lines / elapsed, result.lines, len(result.alerts)
 
@@ -132,12 +138,31 @@ def profile(paths: dict, records: int) -> list[tuple[str, float]]:
     return out
 
 
+def compare_collectors(paths: dict) -> int:
+    rates: dict[str, list[float]] = {"default": [], "settled": []}
+    for collector in ("default", "settled", "default", "settled"):
+        rate, lines, alerts = replay_rate(paths, collector)
+        rates[collector].append(round(rate))
+        print(f"replay, collector {collector}: {lines:,} records at {rate:,.0f}/s "
+              f"({alerts:,} alerts)", flush=True)
+    means = {c: sum(r) / len(r) for c, r in rates.items()}
+    print(orjson.dumps({"default_records_per_s": rates["default"],
+                        "settled_records_per_s": rates["settled"],
+                        "ratio": round(means["settled"] / means["default"], 3),
+                        "records": lines}).decode())
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--profile", type=int, default=100_000,
                         help="records profiled by stage (0: no profile)")
+    parser.add_argument("--collector", action="store_true",
+                        help="only the replay, with CPython's default garbage collector "
+                             "and as fundwatch replay sets it (streams.heap), alternately, "
+                             "twice each")
     args = parser.parse_args()
     where = Path(tempfile.mkdtemp(prefix="fw-replay-bench-"))
     started = time.perf_counter()
@@ -145,6 +170,8 @@ def main() -> int:
     size = paths["events"].stat().st_size
     print(f"simulated {paths['events']} ({size / 1e6:,.0f} MB) in "
           f"{time.perf_counter() - started:.0f} s")
+    if args.collector:
+        return compare_collectors(paths)
     rate, lines, alerts = replay_rate(paths)
     print(f"replay, every rule and the pool books: {lines:,} records at {rate:,.0f}/s "
           f"({alerts:,} alerts)")

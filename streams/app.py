@@ -42,7 +42,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from infra.broker import kafka_client_options
 from infra.config import Settings
 from infra.tansu import patch_faust_recovery
-from streams import offset_guard, tables
+from streams import heap, offset_guard, tables
 from rules.alerts import SHANGHAI
 # partition_of: a batch is sent to the partition its records' keys hash to, so the
 # table writes made while handling it land in the changelog partition they always did.
@@ -904,4 +904,5 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
 
     app = build_app(settings)
     worker = Worker(app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+    with heap.settled():  # the collector visited the whole start-up heap every second
+        worker.execute_from_commandline()

@@ -74,6 +74,7 @@ def _load_registry(path: str | None, settings: Settings):
 
 
 def _replay(args, settings: Settings) -> int:
+    from streams import heap
     from streams.replay import (Period, Progress, kafka_records, replay, summary_lines,
                                 write_alerts, write_balances, write_scores)
 
@@ -103,8 +104,9 @@ def _replay(args, settings: Settings) -> int:
         from sinks.balances import DailyBalances
 
         timeline = DailyBalances()
-    result = replay(args.files, settings, registry, close_input=not args.live_watermark,
-                    period=period, progress=progress, timeline=timeline, source=source)
+    with heap.settled():
+        result = replay(args.files, settings, registry, close_input=not args.live_watermark,
+                        period=period, progress=progress, timeline=timeline, source=source)
     write_alerts(result.alerts, args.alerts_out)
     if args.scores_out:
         n = write_scores(result.pipeline.scores, args.scores_out)
