@@ -687,7 +687,13 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                 try:
                     await asyncio.to_thread(alert_store.upsert_many, alerts)
                     break
-                except (OperationalError, InterfaceError):
+                except (OperationalError, InterfaceError) as exc:
+                    if app.should_stop:
+                        # Asked to stop while the store is down: waiting for it kept
+                        # the worker from stopping at all (the batch runs to its end,
+                        # see to_the_end). Leave the batch uncommitted instead: the
+                        # next worker reads these alerts again.
+                        stop_hard("alert_sink", exc)
                     log.exception("alert store unavailable; retrying in %.1f s", delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
