@@ -70,7 +70,7 @@ def _remove_worktree(path: Path) -> None:
     seems); a second try a moment later succeeded."""
     for attempt in range(3):
         done = subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force",
-                               str(path)], capture_output=True, text=True)
+                               str(path)], check=False, capture_output=True, text=True)
         if done.returncode == 0:
             return
         time.sleep(2)

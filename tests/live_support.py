@@ -1,7 +1,19 @@
 """Running records through a real worker and watching what comes out (broker tests)."""
 from __future__ import annotations
 
+import time
+
 from streams.live import Observed, Watcher, produce
+
+
+def wait_until(predicate, timeout_s: float = 60) -> bool:
+    """Poll ``predicate`` every 0.2 s until it holds (True) or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
 
 
 async def run_through_worker(settings, worker, lines, expect_accounted, timeout_s=90.0,

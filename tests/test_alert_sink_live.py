@@ -16,6 +16,7 @@ from sinks.privacy import Pseudonymizer
 from sinks.store import AlertStore
 from sinks.webhook import WebhookReceiver
 from streams.live import start_worker, stop_worker
+from tests.live_support import wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -63,15 +64,6 @@ async def _dead_letters(settings, expect: int, timeout_s: float = 30) -> list[di
     return found
 
 
-def _wait(predicate, timeout_s: float = 60) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_sink_stores_dead_letters_and_the_worker_notifies(live_settings, tmp_path):
     with WebhookReceiver("/maoming") as maoming, WebhookReceiver("/guangxi") as guangxi:
         config = tmp_path / "fundwatch.toml"
@@ -93,10 +85,10 @@ def test_sink_stores_dead_letters_and_the_worker_notifies(live_settings, tmp_pat
                 (b"x", b"{not json"),
                 (b"y", orjson.dumps({**warning, "regions": ["4409"], "summary": ""})),
             ]))
-            assert _wait(lambda: len(maoming.messages()) == 1 and len(guangxi.messages()) == 1,
+            assert wait_until(lambda: len(maoming.messages()) == 1 and len(guangxi.messages()) == 1,
                          90), (tmp_path / "worker.log").read_text()[-3000:]
             asyncio.run(_send(settings, [(key, orjson.dumps(surge("critical")))]))
-            assert _wait(lambda: len(maoming.messages()) == 2 and len(guangxi.messages()) == 2)
+            assert wait_until(lambda: len(maoming.messages()) == 2 and len(guangxi.messages()) == 2)
             letters = asyncio.run(_dead_letters(settings, expect=2))
 
             assert store.count() == 1 and store.revisions(warning["alert_id"]) == 2

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 
 import orjson
 import pytest
@@ -23,6 +22,7 @@ from infra.broker import kafka_client_options
 from rules.alerts import make_alert, month_window
 from sinks.store import AlertStore
 from streams.live import start_worker, stop_worker
+from tests.live_support import wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -112,15 +112,6 @@ async def _send(settings, alerts: list[dict]) -> None:
         await producer.stop()
 
 
-def _wait(predicate, timeout_s: float = 60) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_alerts_wait_out_a_store_outage_and_a_stop_during_it(live_settings, pg_schema_url,
                                                               tmp_path):
     relay = Relay()
@@ -133,12 +124,12 @@ def test_alerts_wait_out_a_store_outage_and_a_stop_during_it(live_settings, pg_s
     second = None
     try:
         asyncio.run(_send(settings, [_alert("H440900001")]))
-        assert _wait(lambda: store.count() == 1, 90), log.read_text()[-3000:]
+        assert wait_until(lambda: store.count() == 1, 90), log.read_text()[-3000:]
 
         relay.cut()
         during = [_alert(f"H44090000{n}") for n in (2, 3, 4)]
         asyncio.run(_send(settings, during))
-        assert _wait(lambda: "alert store unavailable" in log.read_text(), 30), \
+        assert wait_until(lambda: "alert store unavailable" in log.read_text(), 30), \
             log.read_text()[-3000:]
         assert store.count() == 1
 
@@ -153,7 +144,7 @@ def test_alerts_wait_out_a_store_outage_and_a_stop_during_it(live_settings, pg_s
 
         relay.restore()
         second = start_worker(settings, tmp_path / "worker-2.log")
-        assert _wait(lambda: store.count() == 4, 90), (tmp_path / "worker-2.log").read_text()[-3000:]
+        assert wait_until(lambda: store.count() == 4, 90), (tmp_path / "worker-2.log").read_text()[-3000:]
         assert {a["alert_id"] for a in store.all()} == \
             {a["alert_id"] for a in [_alert("H440900001"), *during]}
     finally:
