@@ -68,7 +68,7 @@ def _remove_worktree(path: Path) -> None:
     """Seen once: the removal right after the last run failed silently and left the
     worktree registered (a stopping worker still writing its data directory, it
     seems); a second try a moment later succeeded."""
-    for attempt in range(3):
+    for _ in range(3):
         done = subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force",
                                str(path)], check=False, capture_output=True, text=True)
         if done.returncode == 0:

@@ -6,12 +6,12 @@ heap, every 100 of those. A worker allocates a few hundred objects per record
 (each decoded message, event and state slot is a tree of dicts and lists), and
 its heap holds everything imported at start (Faust, aiokafka, River, pandas,
 SQLAlchemy: about 190,000 objects in a worker) besides the tables, so the full
-collections came back every second and each visited all of it. Measured (a ``gc.callbacks`` probe in a
-worker under ``python bench/throughput.py --days 30``, 62,099 records): 13.0 s
-of the worker's life in the collector (its throughput phase took 48 s), 9.9 s of
-it in 48 full collections, ~200 ms each; py-spy
-had charged that time to the lines that allocated, above all the decoding of the
-detect stage's messages.
+collections came back every second and each visited all of it. Measured (a
+``gc.callbacks`` probe in a worker under ``python bench/throughput.py --days
+30``, 62,099 records): 13.0 s of the worker's life in the collector (its
+throughput phase took 48 s), 9.9 s of it in 48 full collections, ~200 ms each;
+py-spy had charged that time to the lines that allocated, above all the
+decoding of the detect stage's messages.
 
 :func:`settled` moves what exists at start into the permanent generation
 (``gc.freeze``: the modules and the app are never garbage, and a full

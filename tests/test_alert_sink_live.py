@@ -85,8 +85,9 @@ def test_sink_stores_dead_letters_and_the_worker_notifies(live_settings, tmp_pat
                 (b"x", b"{not json"),
                 (b"y", orjson.dumps({**warning, "regions": ["4409"], "summary": ""})),
             ]))
-            assert wait_until(lambda: len(maoming.messages()) == 1 and len(guangxi.messages()) == 1,
-                         90), (tmp_path / "worker.log").read_text()[-3000:]
+            assert wait_until(
+                lambda: len(maoming.messages()) == 1 and len(guangxi.messages()) == 1,
+                90), (tmp_path / "worker.log").read_text()[-3000:]
             asyncio.run(_send(settings, [(key, orjson.dumps(surge("critical")))]))
             assert wait_until(lambda: len(maoming.messages()) == 2 and len(guangxi.messages()) == 2)
             letters = asyncio.run(_dead_letters(settings, expect=2))

@@ -144,7 +144,8 @@ def test_alerts_wait_out_a_store_outage_and_a_stop_during_it(live_settings, pg_s
 
         relay.restore()
         second = start_worker(settings, tmp_path / "worker-2.log")
-        assert wait_until(lambda: store.count() == 4, 90), (tmp_path / "worker-2.log").read_text()[-3000:]
+        assert wait_until(lambda: store.count() == 4, 90), \
+            (tmp_path / "worker-2.log").read_text()[-3000:]
         assert {a["alert_id"] for a in store.all()} == \
             {a["alert_id"] for a in [_alert("H440900001"), *during]}
     finally:
