@@ -139,7 +139,7 @@ def profile(paths: dict, records: int) -> list[tuple[str, float]]:
 
 
 def compare_collectors(paths: dict) -> int:
-    rates: dict[str, list[float]] = {"default": [], "settled": []}
+    rates: dict[str, list[int]] = {"default": [], "settled": []}
     for collector in ("default", "settled", "default", "settled"):
         rate, lines, alerts = replay_rate(paths, collector)
         rates[collector].append(round(rate))
