@@ -2,7 +2,7 @@
 
     python bench/state_memory.py [--persons 1000000] [--institutions 10000]
                                  [--pools 300] [--days 30] [--seed 5] [--partitions 4]
-                                 [--store memory|rocksdb]
+                                 [--store memory|rocksdb] [--retention-days 400]
 
 1. Writes a synthetic stream (contract JSON lines) in which every one of
    ``--persons`` insured persons settles at least once in ``--days`` days, at
@@ -45,6 +45,8 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from infra.config import Settings  # noqa: E402
 
 # Provinces whose regions the pools are drawn from (prefixes of the contract's codes).
 PROVINCES = ["11", "31", "32", "33", "35", "37", "41", "42", "43", "44", "45", "50", "51",
@@ -201,7 +203,10 @@ class RocksTable(MutableMapping):
         self._db(encoded).put(encoded, value)
 
     def __delitem__(self, key: str) -> None:
-        raise NotImplementedError
+        encoded = orjson.dumps(key)
+        if self._db(encoded).get(encoded) is None:
+            raise KeyError(key)
+        self._db(encoded).delete(encoded)
 
     def __iter__(self):
         for db in self.dbs:
@@ -217,7 +222,8 @@ class RocksTable(MutableMapping):
         return sum(1 for db in self.dbs for _ in db.keys())
 
 
-def child(path: str, partitions: int, store: str = "memory", batch: int = 500) -> None:
+def child(path: str, partitions: int, store: str = "memory", batch: int = 500,
+          retention_days: int = 0) -> None:
     """Replay ``path`` through the offline driver; print one JSON line of figures."""
     from rules.core import DetectionCore, load_rules
     from streams.changelog import EncodedValues, StateOverlay
@@ -233,7 +239,8 @@ def child(path: str, partitions: int, store: str = "memory", batch: int = 500) -
     else:
         ledger, state = EncodedValues({}), EncodedValues({})
     pipeline = OfflinePipeline(DetectionCore(load_rules(), partitions=partitions),
-                               ledger=StateOverlay(ledger), state=StateOverlay(state))
+                               ledger=StateOverlay(ledger), state=StateOverlay(state),
+                               retention_days=retention_days or None)
     gc.collect()
     baseline = _rss_mb("VmRSS")
     started = time.perf_counter()
@@ -263,6 +270,8 @@ def child(path: str, partitions: int, store: str = "memory", batch: int = 500) -
         "slots": dict(slots), "state_json_mb": round(sum(state_bytes.values()) / 1e6, 1),
         "state_json_mb_by_rule": {k: round(v / 1e6, 2) for k, v in state_bytes.most_common()},
         "ledger_entries": len(ledger.store), "ledger_json_mb": round(ledger_bytes / 1e6, 1),
+        "ledger_ids": sum(1 for key in ledger.store if key.startswith(("s:", "c:"))),
+        "retention_days": retention_days,
         "persons": len(keys.get("overlapping_stay", set()) | keys.get("split_admission", set())
                        | keys.get("phantom_bed", set())),
         "institutions": len(keys.get("cross_province_surge", set())
@@ -280,7 +289,10 @@ def _save(pipeline, ledger, state) -> None:
 
     for table, overlay in ((ledger, pipeline.ledger), (state, pipeline.state)):
         for key, value in overlay.changed.items():
-            table[key] = value
+            if value is None:  # forgotten by the ledger's retention
+                table.pop(key, None)
+            else:
+                table[key] = value
     pipeline.ledger, pipeline.state = StateOverlay(ledger), StateOverlay(state)
     # A worker sends these on (alerts, scores and dead-letter topics) and keeps none.
     pipeline.emitted.clear()
@@ -307,10 +319,14 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--store", choices=("memory", "rocksdb"), default="memory",
                     help="where the two large tables are kept (a worker's table_store)")
+    ap.add_argument("--retention-days", type=int,
+                    default=Settings().ledger_retention_days,
+                    help="days the ledger remembers ids (a worker's ledger_retention_days; "
+                         "0: for ever)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.partitions, args.store)
+        child(args.child, args.partitions, args.store, retention_days=args.retention_days)
         return
     out = Path(tempfile.mkdtemp(prefix="fundwatch-state-")) / "stream.jsonl"
     started = time.perf_counter()
@@ -322,7 +338,8 @@ def main() -> None:
           f"{time.perf_counter() - started:.0f} s: {out} ({out.stat().st_size / 1e6:,.0f} MB)",
           flush=True)
     result = subprocess.run([sys.executable, __file__, "--child", str(out),
-                             "--partitions", str(args.partitions), "--store", args.store],
+                             "--partitions", str(args.partitions), "--store", args.store,
+                             "--retention-days", str(args.retention_days)],
                             capture_output=True, text=True)
     if result.returncode:
         sys.exit(result.stderr)

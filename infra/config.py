@@ -65,6 +65,11 @@ class Settings:
     # How far behind the newest event time a record may arrive and still be on time
     # for the days it belongs to (streams.watermark).
     allowed_lateness_s: int = DEFAULT_LATENESS_S
+    # How many days behind the watermark the ledger remembers record ids (duplicates,
+    # reversals); a record of a day forgotten is rejected as beyond_retention. 0 keeps
+    # every id for ever (the ledger then grows with every day). 400: a reversal within
+    # the settlement year and its annual clearing still finds its original.
+    ledger_retention_days: int = 400
     # Faust's defaults (60 s) make a consumer group's first join take 30 s on
     # Tansu; a short rebalance timeout makes a worker ready in a few seconds.
     # On a real cluster with many workers raise these.
@@ -187,8 +192,8 @@ class Settings:
 
 
 _INTS = {"partitions", "replication_factor", "allowed_lateness_s", "fetch_max_wait_ms",
-         "standby_replicas"}
-_MAY_BE_ZERO = {"standby_replicas"}
+         "standby_replicas", "ledger_retention_days"}
+_MAY_BE_ZERO = {"standby_replicas", "ledger_retention_days"}
 _CHOICES = {"table_store": ("memory", "rocksdb")}
 _FLOATS = {"session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s"}
 

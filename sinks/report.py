@@ -121,6 +121,10 @@ def _provenance(facts: ReplayFacts) -> str:
     if p.lateness_s is not None:
         rows.append(("allowed lateness", f"{p.lateness_s:,} s — a day is judged once the "
                                          "stream is that far past its end"))
+    retention = getattr(facts.pipeline, "retention_days", None)
+    if retention:
+        rows.append(("ledger window", f"{retention:,} days — a record further behind the "
+                                      "watermark is rejected as beyond_retention"))
     return _section("made", "How it was made", _kv(rows) + (
         "<p class=\"note\">Run the command again on the same files, registry and "
         "configuration: the alerts, balances and this report come out byte-identical.</p>"))

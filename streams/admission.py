@@ -17,7 +17,10 @@ Rules, in order:
 * a reversal (``reverses`` set) must name an accepted settlement that is not itself a
   reversal, is not reversed yet, belongs to the same person, insured pool and
   institution, and carries exactly the negated amounts. Accepting it marks the
-  original as reversed.
+  original as reversed;
+* with a :class:`LedgerRetention`, a record whose event day the ledger has forgotten
+  (more than ``ledger_retention_days`` behind the watermark) is ``rejected`` as
+  ``beyond_retention``: it can no longer be checked, and must not be counted twice.
 
 >>> from streams.records import parse
 >>> ledger = {}
@@ -36,11 +39,14 @@ from __future__ import annotations
 
 from collections.abc import MutableMapping
 from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Any, Literal
 
 from streams.records import Contribution, Reason, Settlement, digest, fen_to_yuan_str
+from streams.watermark import event_ms
 
-__all__ = ["ADMISSION_CODES", "Admission", "admit", "ledger_key"]
+__all__ = ["ADMISSION_CODES", "Admission", "LedgerRetention", "admit", "event_day",
+           "event_day_of_ms", "ledger_key"]
 
 #: The reason codes admit() can emit (all of them are also in records.REASON_CODES).
 ADMISSION_CODES = (
@@ -50,6 +56,7 @@ ADMISSION_CODES = (
     "reversal_amounts_mismatch",
     "already_reversed",
     "reversal_of_reversal",
+    "beyond_retention",
 )
 
 # Ledger values are dicts with short keys (they are stored once per record, forever):
@@ -101,16 +108,168 @@ def ledger_key(event: Settlement | Contribution) -> str:
     return "c:" + event.contribution_id
 
 
+#: Asia/Shanghai keeps UTC+8 all year (no daylight saving since 1991): its days are
+#: fixed spans of epoch time.
+_SHANGHAI_MS = 8 * 3600 * 1000
+_DAY_MS = 86_400_000
+
+
+def event_day(event: Settlement | Contribution) -> int:
+    """The Asia/Shanghai calendar day of a record's event time, as days since 1970-01-01.
+
+    >>> from streams.records import from_canonical
+    >>> c = from_canonical({"schema": "contribution/v1", "contribution_id": "C9",
+    ...     "received_at": "2024-02-29T23:30:00+08:00", "pool_region": "440900",
+    ...     "insurance_type": "employee", "amount": "1.00", "source": "employer"})
+    >>> _iso_day(event_day(c))
+    '2024-02-29'
+    """
+    return event_day_of_ms(event_ms(event))
+
+
+def event_day_of_ms(ms: int) -> int:
+    return (ms + _SHANGHAI_MS) // _DAY_MS
+
+
+def _iso_day(day: int) -> str:
+    return (date(1970, 1, 1) + timedelta(days=day)).isoformat()
+
+
+#: Ledger keys of the retention's bookkeeping ("~" starts no record id's key), per
+#: ``tag`` (an admission partition live, "offline" in a replay).
+FORGOTTEN = "~forgotten/"  # + tag → the first day still remembered
+DAYS = "~days/"  # + tag → {day: index chunks written for it}
+DAY_INDEX = "~day/"  # + tag/day/n → the ledger keys one batch wrote for that day
+
+
+class LedgerRetention:
+    """The ledger forgets the ids of days more than ``days`` behind the watermark.
+
+    Without it the ledger holds every id ever admitted: a province's worker grows by
+    its day's settlements every day, in memory or on disk, and so does the time to
+    rebuild it from the changelog. With it, a record of a forgotten day is rejected
+    (``beyond_retention``, to the dead-letter topic with its reason) rather than
+    admitted unchecked: a re-sent settlement of last year must not be counted twice.
+
+    Which keys a day wrote is kept in the ledger itself, in small index entries
+    written with the batch's entries (the same changelog batch: a restarted worker
+    recovers the index with what it indexes), so forgetting a day costs what that
+    day wrote, never a scan. Entries written before retention existed are in no
+    index: they are kept. ``admit`` notes what it writes; ``save`` writes the notes;
+    ``expire`` saves, then forgets the days the watermark has left behind.
+
+    >>> from datetime import datetime
+    >>> from streams.records import from_canonical
+    >>> from streams.watermark import to_ms
+    >>> def contribution(n, day):
+    ...     return from_canonical({"schema": "contribution/v1", "contribution_id": f"C{n}",
+    ...         "received_at": f"2024-03-{day:02d}T10:00:00+08:00", "pool_region": "440900",
+    ...         "insurance_type": "employee", "amount": "1.00", "source": "employer"})
+    >>> ledger, keep = {}, LedgerRetention(days=2, tag="offline")
+    >>> [admit(contribution(n, n), ledger, retention=keep).outcome for n in (1, 2, 3, 4)]
+    ['accepted', 'accepted', 'accepted', 'accepted']
+    >>> watermark = to_ms(datetime.fromisoformat("2024-03-04T12:00:00+08:00"))
+    >>> keep.expire(ledger, watermark)     # 2 days behind 4 March: 1 March goes
+    1
+    >>> sorted(k for k in ledger if not k.startswith("~"))
+    ['c:C2', 'c:C3', 'c:C4']
+    >>> late = admit(contribution(1, 1), ledger, retention=keep)
+    >>> late.outcome, late.reasons[0].code
+    ('rejected', 'beyond_retention')
+    >>> admit(contribution(2, 2), ledger, retention=keep).outcome   # still known
+    'duplicate'
+
+    With a budget, the forgetting goes on over several calls, an index chunk (here a
+    day's) at a time:
+
+    >>> [admit(contribution(n, 5), ledger, retention=keep).outcome for n in (5, 6)]
+    ['accepted', 'accepted']
+    >>> later = to_ms(datetime.fromisoformat("2024-03-09T12:00:00+08:00"))
+    >>> [keep.expire(ledger, later, budget=1) for _ in range(5)]   # 2, 3, 4, 5 March
+    [1, 1, 1, 2, 0]
+    >>> sorted(k for k in ledger if not k.startswith("~"))
+    []
+    """
+
+    def __init__(self, days: int, tag: str) -> None:
+        if days < 1:
+            raise ValueError("a retention keeps at least one day")
+        self.days = days
+        self.tag = tag
+        #: The day of the record being admitted (set by admit before it writes).
+        self.pending_day: int | None = None
+        self._noted: dict[int, list[str]] = {}
+
+    def forgotten_before(self, ledger: MutableMapping[str, Any]) -> int | None:
+        """The first day the ledger still remembers (None: it has forgotten none)."""
+        return ledger.get(FORGOTTEN + self.tag)
+
+    def note(self, key: str) -> None:
+        """``key`` was written for a record of ``pending_day``."""
+        self._noted.setdefault(self.pending_day, []).append(key)  # type: ignore[arg-type]
+
+    def save(self, ledger: MutableMapping[str, Any]) -> None:
+        """Write the keys noted since the last save into the day index."""
+        if not self._noted:
+            return
+        directory = dict(ledger.get(DAYS + self.tag) or {})
+        for day, keys in self._noted.items():
+            n = directory.get(str(day), 0)
+            ledger[f"{DAY_INDEX}{self.tag}/{day}/{n}"] = keys
+            directory[str(day)] = n + 1
+        ledger[DAYS + self.tag] = directory
+        self._noted = {}
+
+    def expire(self, ledger: MutableMapping[str, Any], watermark_ms: int,
+               budget: int | None = None) -> int:
+        """Save the notes, then forget every day more than ``days`` before the
+        watermark's day. Returns the number of ledger entries forgotten.
+
+        ``budget``: stop once about that many are forgotten (whole index chunks);
+        the next call goes on. Live, a province's day is millions of ids: forgotten
+        in one batch, its tombstones would hold the admission stage for seconds."""
+        self.save(ledger)
+        horizon = event_day_of_ms(watermark_ms) - self.days
+        known = self.forgotten_before(ledger)
+        if known is not None and horizon <= known:
+            horizon = known  # the watermark never goes back; a restart may re-run this
+        elif known != horizon:
+            # Before any entry goes: from here on no record of those days is admitted.
+            ledger[FORGOTTEN + self.tag] = horizon
+        directory = ledger.get(DAYS + self.tag) or {}
+        due = [day for day in directory if int(day) < horizon]
+        if not due:
+            return 0
+        left = dict(directory)
+        forgotten = 0
+        for day in due:
+            # The day's chunks from the last: what is left of a day cut short by the
+            # budget is its chunks 0 .. left[day] - 1.
+            while left[day] and (budget is None or forgotten < budget):
+                left[day] -= 1
+                chunk = f"{DAY_INDEX}{self.tag}/{day}/{left[day]}"
+                for key in ledger.get(chunk) or ():
+                    forgotten += ledger.pop(key, None) is not None
+                ledger.pop(chunk, None)
+            if left[day]:
+                break
+            del left[day]
+        ledger[DAYS + self.tag] = left
+        return forgotten
+
+
 def admit(event: Settlement | Contribution, ledger: MutableMapping[str, Any],
           source: str | None = None, position: tuple | None = None,
-          canonical: dict[str, Any] | None = None) -> Admission:
+          canonical: dict[str, Any] | None = None,
+          retention: LedgerRetention | None = None) -> Admission:
     """Decide whether ``event`` enters the pipeline, recording it in ``ledger`` if so.
 
     ``source`` identifies where this copy came from, e.g. ``"topic:partition:offset"``;
     give it on the live path so a redelivery after a crash is told apart from a
     producer re-sending the record. Offline tools may leave it out. ``canonical``:
     the event's ``to_canonical`` form if the caller has it (saves building it again
-    for the content digest).
+    for the content digest). ``retention``: the ledger forgets old days (see
+    :class:`LedgerRetention`); the entries this call writes are noted in it.
 
     The original of a reversal is looked up in the same ledger, so on the live path a
     reversal must be processed in the partition that holds its original (route
@@ -147,6 +306,19 @@ def admit(event: Settlement | Contribution, ledger: MutableMapping[str, Any],
         decided = ledger.get(_SOURCE_PREFIX + source)
         if decided is not None:
             return _replayed(decided)
+    forgotten = None
+    if retention is not None:
+        day = event_day(event)
+        retention.pending_day = day
+        forgotten = retention.forgotten_before(ledger)
+        if forgotten is not None and day < forgotten:
+            return _decided(ledger, source, Admission("rejected", (Reason(
+                "beyond_retention",
+                f"{event.kind} {event.record_id!r} is from {_iso_day(day)}, but the ledger "
+                f"keeps ids for {retention.days} days behind the watermark and has "
+                f"forgotten the days before {_iso_day(forgotten)}: it cannot be checked for "
+                "duplicates or reversals. Review it by hand (or replay the period with a "
+                "longer retention)"),)), retention)
     content = digest(event, canonical)
     seen = ledger.get(key)
     if seen is not None:
@@ -156,12 +328,12 @@ def admit(event: Settlement | Contribution, ledger: MutableMapping[str, Any],
                 f"{event.kind} id {event.record_id!r} was already received with different "
                 "content; the first version is kept. Send a correction as a reversal "
                 "(reverses) plus a new settlement with a new id, not under the same id",
-            ),)))
+            ),)), retention)
         if source is not None and seen.get("s") == source:
             first = seen.get("ap")
             return Admission("accepted", redelivery=True,
                              position=tuple(first) if first is not None else position)
-        return _decided(ledger, source, _DUPLICATE)
+        return _decided(ledger, source, _DUPLICATE, retention)
 
     entry: dict[str, Any] = {"d": content}
     if source is not None:
@@ -171,6 +343,8 @@ def admit(event: Settlement | Contribution, ledger: MutableMapping[str, Any],
     accepted = Admission("accepted", position=position) if position is not None else _ACCEPTED
     if isinstance(event, Contribution):
         ledger[key] = entry
+        if retention is not None:
+            retention.note(key)
         return accepted
 
     entry["t"] = event.total_cost_fen
@@ -180,9 +354,9 @@ def admit(event: Settlement | Contribution, ledger: MutableMapping[str, Any],
     entry["pool"] = event.pool_key
     entry["inst"] = event.institution_id
     if event.reverses is not None:
-        reasons = _check_reversal(event, ledger)
+        reasons = _check_reversal(event, ledger, forgotten)
         if reasons:
-            return _decided(ledger, source, Admission("rejected", reasons))
+            return _decided(ledger, source, Admission("rejected", reasons), retention)
         entry["r"] = event.reverses
         original_key = "s:" + event.reverses
         # Mark the original first: if the worker dies between the two writes, the
@@ -190,6 +364,8 @@ def admit(event: Settlement | Contribution, ledger: MutableMapping[str, Any],
         # whereas the other order could let a second reversal through.
         ledger[original_key] = {**ledger[original_key], "rb": event.settlement_id}
     ledger[key] = entry
+    if retention is not None:
+        retention.note(key)  # (the original's mark is forgotten with the original)
     return accepted
 
 
@@ -199,12 +375,14 @@ _SOURCE_PREFIX = "src:"
 
 
 def _decided(ledger: MutableMapping[str, Any], source: str | None,
-             admission: Admission) -> Admission:
+             admission: Admission, retention: LedgerRetention | None = None) -> Admission:
     """Remember a non-accepted decision by broker position; return it."""
     if source is not None:
         ledger[_SOURCE_PREFIX + source] = {
             "o": admission.outcome,
             "r": [[r.code, r.message] for r in admission.reasons]}
+        if retention is not None:
+            retention.note(_SOURCE_PREFIX + source)
     return admission
 
 
@@ -213,13 +391,19 @@ def _replayed(decided: dict[str, Any]) -> Admission:
                      redelivery=True)
 
 
-def _check_reversal(event: Settlement, ledger: MutableMapping[str, Any]) -> tuple[Reason, ...]:
+def _check_reversal(event: Settlement, ledger: MutableMapping[str, Any],
+                    forgotten: int | None = None) -> tuple[Reason, ...]:
     rid, oid = event.settlement_id, event.reverses
     original = ledger.get("s:" + oid)  # type: ignore[operator]
     if original is None:
+        # (A reversal carries no date of its original: an original older than the
+        # ledger remembers cannot be told apart from one never sent.)
+        older = "" if forgotten is None else (
+            f", or it is from before {_iso_day(forgotten)}, which the ledger has forgotten "
+            "(review such a reversal by hand)")
         return (Reason("reversal_unknown_original", f"settlement {rid!r} reverses {oid!r}, but "
                        f"no settlement {oid!r} was accepted before; send the original first, "
-                       "or check the id in reverses"),)
+                       f"or check the id in reverses{older}"),)
     if "r" in original:
         return (Reason("reversal_of_reversal", f"settlement {rid!r} reverses {oid!r}, which is "
                        f"itself a reversal (of {original['r']!r}); to restore a reversed "

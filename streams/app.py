@@ -50,7 +50,7 @@ from rules.core import (ClosingIndex, Detection, DetectionCore, load_rules,  # n
                         partition_of)
 from rules.registry import Registry
 from sinks.store import AlertStore, alert_problems
-from streams.admission import admit
+from streams.admission import LedgerRetention, admit
 from streams.changelog import ChangelogWriter, EncodedValues, StateOverlay
 from streams.deadletter import deadletter_record
 from streams.latency import LatencyRecorder
@@ -420,12 +420,23 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         groups: dict[int, list] = {}
         entries = StateOverlay(ledger_values)  # the batch's ledger writes, saved together
         view = admit_clock.get(str(partition)) or {}
+        retention = (LedgerRetention(settings.ledger_retention_days, str(partition))
+                     if settings.ledger_retention_days else None)
         copies = 0  # (record, rule key) pairs sent on: what the detect stage counts
         for offset, message in messages:
             copies += await admit_items(partition, offset, message["items"], entries,
-                                        tally, groups)
+                                        tally, groups, retention)
             if message.get("wm"):
                 view = merge(view, message["wm"])
+        if retention is not None:
+            # The partition's own progress, as the replay's one channel: what it has
+            # passed on, less the lateness. The index of the batch's writes and the
+            # forgetting go to the changelog with the entries.
+            low = low_mark([view])
+            if low is None:
+                retention.save(entries)
+            else:
+                retention.expire(entries, low - lateness_ms, budget=FORGET_PER_BATCH)
         # The partition's outcome counts (reconciliation, the demo) live in the ledger
         # itself and go to the changelog in the same record batch as the entries
         # they count: a worker stopped part-way keeps both or neither. (In a table
@@ -445,7 +456,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         flow["routed"] += copies
 
     async def admit_items(partition: int, offset: int, batch, entries, tally: dict,
-                          groups: dict) -> int:
+                          groups: dict, retention: LedgerRetention | None) -> int:
         """One admit message's records against the ledger (``entries``): counted in
         ``tally``, the accepted ones' copies added to ``groups`` (per detect
         partition). Returns the number of copies added."""
@@ -462,7 +473,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                     canonical = to_canonical(parse(raw))
                 event = from_canonical(canonical)
                 verdict = admit(event, entries, wrapped["src"], position=position,
-                                canonical=canonical)
+                                canonical=canonical, retention=retention)
             except Exception as exc:  # noqa: BLE001 - a record never stops the worker
                 log.exception("admission failed on %s", wrapped["src"])
                 tally["rejected"] = tally.get("rejected", 0) + 1
@@ -783,6 +794,9 @@ BATCH_POSITIONS = 1000  # items per message at most: (offset, index) packed into
 # province's month of management figures, a chain's pharmacies).
 STAGE_MESSAGES = 64
 STAGE_WAIT_S = 0.02
+# Ledger entries an admission batch forgets at most (streams.admission.LedgerRetention):
+# a province's day is millions of ids, forgotten over the next batches.
+FORGET_PER_BATCH = 5000
 IDLE_CHECK_S = 1.0  # how often the source partitions' progress is looked at between batches
 IDLE_AFTER_S = 5.0  # a source partition unread since start and quiet this long is idle
 CAUGHT_UP_S = 2.0  # a source partition read to its end is idle once it stays so this long

@@ -31,6 +31,7 @@ readers of the topic (``fundwatch pools``, the inbox) decode the JSON as before.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -118,7 +119,7 @@ class ChangelogWriter:
     async def write(self, partition: int, changes: Mapping[str, Any]) -> None:
         """Set every key of ``changes`` in the table (encoded), in order, and append them to
         changelog partition ``partition`` (the partition of the input being
-        handled, as Faust's own table writes use)."""
+        handled, as Faust's own table writes use). A value None deletes its key."""
         if not changes:
             return
         producer = self.producer()
@@ -126,13 +127,20 @@ class ChangelogWriter:
         store = self.table.data
         batch = producer.create_batch()
         for key, value in changes.items():
-            encoded_key, encoded_value = encode_entry(key, value)
+            if value is None:  # deleted: a tombstone, which recovery applies as one
+                encoded_key, encoded_value = orjson.dumps(key), None
+            else:
+                encoded_key, encoded_value = encode_entry(key, value)
             if batch.append(key=encoded_key, value=encoded_value, timestamp=None) is None:
                 await self._send(producer, batch, topic, partition)
                 batch = producer.create_batch()
                 # An empty batch takes any one record, whatever its size.
                 batch.append(key=encoded_key, value=encoded_value, timestamp=None)
-            store[key] = encoded_value
+            if encoded_value is None:
+                with contextlib.suppress(KeyError):
+                    del store[key]
+            else:
+                store[key] = encoded_value
             self.records += 1
         await self._send(producer, batch, topic, partition)
 
@@ -165,6 +173,9 @@ class StateOverlay(MutableMapping):
     ({'n': 1}, {'n': 2}, 'none', ['a', 'b'])
     >>> list(overlay.changed), table.store["a"]
     (['b'], b'{"n":1}')
+    >>> del overlay["a"]                     # a tombstone once written
+    >>> overlay.get("a"), sorted(overlay), overlay.changed["a"]
+    (None, ['b'], None)
     """
 
     def __init__(self, table: MutableMapping) -> None:
@@ -193,10 +204,17 @@ class StateOverlay(MutableMapping):
         self.changed[key] = value
 
     def __delitem__(self, key) -> None:
-        raise NotImplementedError("rule state is replaced, never deleted")
+        if self._lookup(key) is None:
+            raise KeyError(key)
+        self.changed[key] = None  # written as a tombstone (ChangelogWriter.write)
 
     def __iter__(self):
-        return iter(set(self.table.keys()) | set(self.changed))
+        for key in list(self.table.keys()):
+            if key not in self.changed:
+                yield key
+        for key, value in self.changed.items():
+            if value is not None:
+                yield key
 
     def __len__(self) -> int:
-        return len(set(self.table.keys()) | set(self.changed))
+        return sum(1 for _ in self)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 import orjson
 
 from rules.core import ClosingIndex, DetectionCore
-from streams.admission import admit
+from streams.admission import LedgerRetention, admit, event_day_of_ms
 from streams.deadletter import deadletter_record
 from streams.records import Reason, Rejected, from_canonical, parse, to_canonical
 from streams.watermark import DEFAULT_LATENESS_S, event_ms, is_late, last_midnight, to_ms
@@ -36,6 +36,9 @@ class OfflinePipeline:
     # What the models scored, in the order they scored it ({"settlement_id", "scores"})
     scores: list[dict] = field(default_factory=list)
     lateness_s: int = DEFAULT_LATENESS_S
+    # Days behind the watermark the ledger remembers ids (admission.LedgerRetention);
+    # None or 0: for ever.
+    retention_days: int | None = None
     newest_ms: int | None = None  # the newest event time seen (the one channel's mark)
     closed_ms: int | None = None  # the last midnight the closing rules were called for
     _position: int = 0  # the offline stream's own offsets, as a partition's are live
@@ -48,6 +51,9 @@ class OfflinePipeline:
         # may be swapped for another view of the same slots (an overlay) between
         # records, never written behind the pipeline's back.
         self.closing = ClosingIndex(self.core)
+        self.retention = (LedgerRetention(self.retention_days, "offline")
+                          if self.retention_days else None)
+        self._expired_at: int | None = None  # the watermark's day at the last expiry
 
     def feed(self, raw: bytes, *, source: str | None = None, topic: str | None = None,
              partition: int | None = None, offset: int | None = None,
@@ -72,7 +78,7 @@ class OfflinePipeline:
         # detection core sees identical objects in both drivers.
         canonical = to_canonical(event)
         verdict = admit(event, self.ledger, source, position=("offline", self._position),
-                        canonical=canonical)
+                        canonical=canonical, retention=self.retention)
         if verdict.redelivery and verdict.outcome != "accepted":
             self.counts["redelivered"] += 1
             return verdict.outcome
@@ -101,8 +107,15 @@ class OfflinePipeline:
 
     def _advance(self) -> None:
         """Close the days the watermark has passed (see ``streams.watermark``)."""
-        if self.newest_ms is not None:
-            self._close_at(last_midnight(self.newest_ms - self.lateness_s * 1000))
+        if self.newest_ms is None:
+            return
+        watermark = self.newest_ms - self.lateness_s * 1000
+        self._close_at(last_midnight(watermark))
+        # The ledger forgets by whole days: once a day is enough (live, admission
+        # does it with every batch's progress).
+        if self.retention is not None and event_day_of_ms(watermark) != self._expired_at:
+            self._expired_at = event_day_of_ms(watermark)
+            self.retention.expire(self.ledger, watermark)
 
     def close_input(self) -> None:
         """The input is complete (a historical stream, replayed whole): every day up to

@@ -101,6 +101,8 @@ REASON_CODES: Final[dict[str, str]] = {
     "reversal_amounts_mismatch": "a reversal's amounts are not the negated original amounts",
     "already_reversed": "the original settlement was already reversed by another record",
     "reversal_of_reversal": "a reversal names a settlement that is itself a reversal",
+    "beyond_retention": "the record's event time is older than the ledger remembers "
+    "(ledger_retention_days behind the watermark): it cannot be checked for duplicates",
 }
 
 SEXES: Final = frozenset({"M", "F"})

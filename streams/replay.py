@@ -143,7 +143,8 @@ def replay_pipeline(settings, registry, lateness_s: int | None = None) -> Offlin
                          # keep them: the same count gives the same scores.
                          partitions=settings.partitions)
     return OfflinePipeline(core, lateness_s=(settings.allowed_lateness_s if lateness_s is None
-                                             else lateness_s))
+                                             else lateness_s),
+                           retention_days=settings.ledger_retention_days)
 
 
 @dataclass

@@ -291,3 +291,98 @@ def test_a_redelivered_record_keeps_its_first_position():
     assert first.position == (2, 40) and not first.redelivery
     again = admit(record, ledger, source="in/0/7", position=(2, 95))   # new admit offset
     assert again.redelivery and again.position == (2, 40)
+
+
+# ----------------------------------------------------------------------- retention
+
+
+def on_day(day: int, **overrides) -> dict:
+    """A settlement of March 2025, day ``day``."""
+    return settlement(settled_at=f"2025-03-{day:02d}T10:00:00+08:00", **overrides)
+
+
+def watermark_on(day: int) -> int:
+    from datetime import datetime
+
+    from streams.watermark import to_ms
+    return to_ms(datetime.fromisoformat(f"2025-03-{day:02d}T12:00:00+08:00"))
+
+
+def test_retention_forgets_the_days_behind_the_watermark_and_rejects_them(ledger):
+    from streams.admission import LedgerRetention
+
+    keep = LedgerRetention(days=3, tag="0")
+    sent = {(day, n): on_day(day, settlement_id=f"R{day}-{n}")
+            for day in range(1, 11) for n in range(2)}
+    for (day, n), record in sent.items():
+        assert admit(ev(record), ledger, source=f"t/0/{day}{n}", retention=keep).accepted
+    # A re-sent copy on day 2 (decided by broker position: an "src:" entry, forgotten too).
+    assert admit(ev(sent[2, 0]), ledger, source="t/0/99",
+                 retention=keep).outcome == "duplicate"
+    keep.save(ledger)
+    assert "src:t/0/99" in ledger
+
+    assert keep.expire(ledger, watermark_on(10)) == 6 * 2 + 1     # 1–6 March, and the copy
+    ids = {key for key in ledger if key.startswith("s:")}
+    assert ids == {f"s:R{day}-{n}" for day in range(7, 11) for n in range(2)}
+    assert not any(key.startswith("src:t/0/99") for key in ledger)
+    assert sorted(ledger["~days/0"]) == [str(d) for d in sorted(
+        keep.forgotten_before(ledger) + i for i in range(4))]       # 7–10 March indexed
+    # (20147 + d: d March 2025 in days since 1970-01-01)
+    assert not any(key.startswith("~day/0/") and int(key.split("/")[2]) < 20147 + 7
+                   for key in ledger)
+    assert keep.expire(ledger, watermark_on(10)) == 0               # again: nothing
+
+    late = admit(ev(sent[5, 0]), ledger, retention=keep)
+    assert codes(late) == ["beyond_retention"]
+    assert "2025-03-05" in late.reasons[0].message and "2025-03-07" in late.reasons[0].message
+    # A day still remembered: duplicates and conflicts are caught as before.
+    assert admit(ev(sent[7, 0]), ledger, retention=keep).outcome == "duplicate"
+    assert codes(admit(ev({**sent[7, 1], "age": 33}), ledger,
+                       retention=keep)) == ["conflicting_duplicate"]
+    # A reversal carries no date of its original: the message says it may be forgotten.
+    orphan = admit(ev(reversal_of(sent[3, 0], settlement_id="R3-0-R",
+                                  settled_at="2025-03-10T11:00:00+08:00")), ledger,
+                   retention=keep)
+    assert codes(orphan) == ["reversal_unknown_original"]
+    assert "forgotten" in orphan.reasons[0].message
+
+
+def test_a_reversal_within_retention_still_finds_its_original(ledger):
+    from streams.admission import LedgerRetention
+
+    keep = LedgerRetention(days=3, tag="0")
+    original = on_day(5, settlement_id="ORIG")
+    assert admit(ev(original), ledger, retention=keep).accepted
+    keep.expire(ledger, watermark_on(7))
+    reversal = reversal_of(original, settlement_id="ORIG-R",
+                           settled_at="2025-03-08T09:00:00+08:00")
+    assert admit(ev(reversal), ledger, retention=keep).accepted
+    keep.expire(ledger, watermark_on(8))
+    assert ledger["s:ORIG"]["rb"] == "ORIG-R"
+    # The original's day goes first; the reversal's entry stays until its own day goes.
+    keep.expire(ledger, watermark_on(9))
+    assert "s:ORIG" not in ledger and "s:ORIG-R" in ledger
+    keep.expire(ledger, watermark_on(12))
+    assert "s:ORIG-R" not in ledger
+
+
+def test_retention_through_a_batch_overlay_deletes_by_tombstone():
+    """Live, admission writes through an overlay whose changes go to the changelog:
+    a forgotten entry must be a deletion there (a tombstone), not a value."""
+    from streams.admission import LedgerRetention
+    from streams.changelog import StateOverlay
+
+    table = JsonTable()
+    keep = LedgerRetention(days=1, tag="2")
+    for day in (1, 2, 3):
+        admit(ev(on_day(day, settlement_id=f"T{day}")), table, retention=keep)
+    keep.save(table)
+    batch = StateOverlay(table)
+    keep.expire(batch, watermark_on(3))
+    assert {key for key, value in batch.changed.items() if value is None} == {
+        "s:T1", f"~day/2/{20147 + 1}/0"}
+    assert "s:T1" not in batch and batch.get("s:T2") is not None
+    # Horizon first, then what goes: a batch cut short never leaves a forgotten day
+    # admissible.
+    assert list(batch.changed)[0] == "~forgotten/2"

@@ -111,6 +111,7 @@ def test_the_report_draws_pool_timelines_with_bands_and_surge_charts(report):
     import hashlib
 
     assert hashlib.sha256(report_input(report).read_bytes()).hexdigest() in made
+    assert "<th>ledger window</th><td>400 days" in made
     params = html.split('<section id="parameters">')[1]
     assert "<code>cross_province_surge</code></td><td><code>threshold</code></td><td>0.2" \
         in params
