@@ -19,7 +19,7 @@ from rules.core import DetectionCore, load_rules
 from streams.live import start_worker, stop_worker
 from streams.offline import OfflinePipeline
 from streams.simulate import simulate
-from tests.factories import dumps, settlement
+from tests.factories import dumps, reversal_of, settlement
 from tests.live_support import run_through_worker, wait_until
 
 
@@ -101,8 +101,9 @@ async def ledger_changelog(settings) -> dict[str, bytes | None]:
 
 
 @pytest.mark.broker
-def test_a_restarted_worker_recovers_what_was_forgotten(live_settings):
-    settings = live_settings.with_(ledger_retention_days=3)
+@pytest.mark.parametrize("table_store", ["memory", "rocksdb"])
+def test_a_restarted_worker_recovers_what_was_forgotten(live_settings, table_store):
+    settings = live_settings.with_(ledger_retention_days=3, table_store=table_store)
     sent = {(day, n): stay(day, n) for day in range(1, 11) for n in range(2)}
     first = [dumps(record) for record in sent.values()]
     log = Path(settings.data_dir).parent / "worker.log"
@@ -126,8 +127,13 @@ def test_a_restarted_worker_recovers_what_was_forgotten(live_settings):
     assert {k for k, v in state.items() if v is not None and k.startswith("s:")} == {
         f"s:KEEP-{day}-{n}" for day in range(7, 11) for n in range(2)}
 
+    # The restarted worker has no entry of a forgotten day: a reversal of one, dated
+    # today, finds no original (with the entry still there, it would pass).
+    late_reversal = reversal_of(sent[3, 0], settlement_id="KEEP-3-0-R",
+                                settled_at="2025-03-10T11:00:00+08:00")
     again = [dumps(sent[2, 0]),                                 # a forgotten day
              dumps(sent[9, 1]),                                 # remembered: a duplicate
+             dumps(late_reversal),
              dumps(stay(10, 7))]                                # new
     worker = start_worker(settings, log)
     try:
@@ -137,12 +143,14 @@ def test_a_restarted_worker_recovers_what_was_forgotten(live_settings):
         stop_worker(worker)
     assert o.count("accepted") == len(first) + 1
     assert o.count("duplicate") == 1
-    assert [r["code"] for d in o.deadletters for r in d["reasons"]] == ["beyond_retention"]
-    assert "2025-03-02" in o.deadletters[0]["reasons"][0]["message"]
+    reasons = {r["code"]: r["message"] for d in o.deadletters for r in d["reasons"]}
+    assert sorted(reasons) == ["beyond_retention", "reversal_unknown_original"]
+    assert "2025-03-02" in reasons["beyond_retention"]
+    assert "forgotten" in reasons["reversal_unknown_original"]
 
     # The replay, with the same retention, decides every record the same way.
     offline = OfflinePipeline(DetectionCore(load_rules(), partitions=settings.partitions),
                               retention_days=3).feed_all(first + again)
     assert offline.counts["accepted"] == len(first) + 1
     assert offline.counts["duplicate"] == 1
-    assert offline.reasons == Counter({"beyond_retention": 1})
+    assert offline.reasons == Counter({"beyond_retention": 1, "reversal_unknown_original": 1})
