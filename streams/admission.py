@@ -139,7 +139,8 @@ def _iso_day(day: int) -> str:
 #: ``tag`` (an admission partition live, "offline" in a replay).
 FORGOTTEN = "~forgotten/"  # + tag → the first day still remembered
 DAYS = "~days/"  # + tag → {day: index chunks written for it}
-DAY_INDEX = "~day/"  # + tag/day/n → the ledger keys one batch wrote for that day
+DAY_INDEX = "~day/"  # + tag/day/n → ledger keys written for that day, a chunk of them
+INDEX_CHUNK_KEYS = 1000  # a chunk grows to this many keys (more if one batch wrote more)
 
 
 class LedgerRetention:
@@ -184,9 +185,15 @@ class LedgerRetention:
 
     >>> [admit(contribution(n, 5), ledger, retention=keep).outcome for n in (5, 6)]
     ['accepted', 'accepted']
+    >>> keep.save(ledger)
+    >>> admit(contribution(7, 5), ledger, retention=keep).outcome
+    'accepted'
+    >>> keep.save(ledger)                  # into the same chunk as C5 and C6
+    >>> ledger[f"~day/offline/{event_day(contribution(7, 5))}/0"]
+    ['c:C5', 'c:C6', 'c:C7']
     >>> later = to_ms(datetime.fromisoformat("2024-03-09T12:00:00+08:00"))
     >>> [keep.expire(ledger, later, budget=1) for _ in range(5)]   # 2, 3, 4, 5 March
-    [1, 1, 1, 2, 0]
+    [1, 1, 1, 3, 0]
     >>> sorted(k for k in ledger if not k.startswith("~"))
     []
     """
@@ -215,6 +222,13 @@ class LedgerRetention:
         directory = dict(ledger.get(DAYS + self.tag) or {})
         for day, keys in self._noted.items():
             n = directory.get(str(day), 0)
+            if n:
+                # A quiet stream's batches hold a record or two: an index entry of
+                # their own each would double the ledger. Fill the day's last one.
+                last = ledger.get(f"{DAY_INDEX}{self.tag}/{day}/{n - 1}") or []
+                if len(last) + len(keys) <= INDEX_CHUNK_KEYS:
+                    ledger[f"{DAY_INDEX}{self.tag}/{day}/{n - 1}"] = last + keys
+                    continue
             ledger[f"{DAY_INDEX}{self.tag}/{day}/{n}"] = keys
             directory[str(day)] = n + 1
         ledger[DAYS + self.tag] = directory
