@@ -50,3 +50,26 @@ async def run_through_worker(settings, worker, lines, expect_accounted, timeout_
                 f"{len(observed.alerts)} alerts, days closed per partition {observed.closed} "
                 f"(due {due})")
     return observed
+
+
+async def read_changelog(settings, table: str) -> list[tuple[bytes, bytes | None]]:
+    """A table's changelog read whole, in order per partition: (key, value) of every
+    record, value None for a tombstone. Counted by reading: Tansu 0.6's ListOffsets
+    answers the last batch's base offset + 1, not the end offset."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        topic = f"{settings.app_id}-{table}-changelog"
+        parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        records = []
+        while batches := await consumer.getmany(timeout_ms=500):
+            for messages in batches.values():
+                records.extend((m.key, m.value) for m in messages)
+        return records
+    finally:
+        await consumer.stop()

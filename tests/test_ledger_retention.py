@@ -12,15 +12,15 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from rules.core import DetectionCore, load_rules
 from streams.live import start_worker, stop_worker
 from streams.offline import OfflinePipeline
 from streams.simulate import simulate
 from tests.factories import dumps, reversal_of, settlement
-from tests.live_support import run_through_worker, wait_until
+from tests.live_support import read_changelog, run_through_worker, wait_until
 
 
 def remembered_ids(ledger) -> int:
@@ -79,25 +79,9 @@ def stay(day: int, n: int) -> dict:
 
 
 async def ledger_changelog(settings) -> dict[str, bytes | None]:
-    """The ledger's changelog read whole: each key's last value (None: a tombstone)."""
-    import orjson
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        topic = f"{settings.app_id}-ledger-changelog"
-        parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        last: dict[str, bytes | None] = {}
-        while batches := await consumer.getmany(timeout_ms=500):
-            for messages in batches.values():
-                for m in messages:
-                    last[orjson.loads(m.key)] = m.value
-        return last
-    finally:
-        await consumer.stop()
+    """Each ledger key's last value in the changelog (None: a tombstone)."""
+    return {orjson.loads(key): value
+            for key, value in await read_changelog(settings, "ledger")}
 
 
 @pytest.mark.broker

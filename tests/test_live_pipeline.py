@@ -12,14 +12,13 @@ from decimal import Decimal
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from rules.core import DetectionCore, load_rules
 from sinks.store import AlertStore
 from streams.live import start_worker, stop_worker
 from streams.offline import OfflinePipeline
 from tests.factories import contribution, dumps, reversal_of, settlement
-from tests.live_support import run_through_worker
+from tests.live_support import read_changelog, run_through_worker
 
 pytestmark = pytest.mark.broker
 
@@ -100,22 +99,7 @@ def live_settings_log(settings):
 
 
 async def changelog_records(settings, table: str) -> int:
-    """Records in a table's changelog, counted by reading them: Tansu 0.6's
-    ListOffsets answers the last batch's base offset + 1, not the end offset."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        topic = f"{settings.app_id}-{table}-changelog"
-        parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        n = 0
-        while batches := await consumer.getmany(timeout_ms=500):
-            n += sum(len(m) for m in batches.values())
-        return n
-    finally:
-        await consumer.stop()
+    return len(await read_changelog(settings, table))
 
 
 async def wait_for_changelog(settings, table: str, at_least: int, timeout_s: float = 20):
