@@ -59,7 +59,7 @@ ADMISSION_CODES = (
     "beyond_retention",
 )
 
-# Ledger values are dicts with short keys (they are stored once per record, forever):
+# Ledger values are dicts with short keys (stored once per record, for the retention):
 #   d  digest of the first accepted content       (always)
 #   s  source (broker position) of that copy      (when given)
 # settlements only:

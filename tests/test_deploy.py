@@ -43,6 +43,7 @@ def test_the_compose_workers_settings_load(tmp_path):
     assert settings.db_url.startswith("postgresql+psycopg://fundwatch:pg@postgres/")
     assert settings.rules["phantom_bed"]["warmup"] == 200
     assert settings.table_store == "rocksdb" and settings.data_dir == "/var/lib/fundwatch"
+    assert settings.ledger_retention_days == 400
     compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
     brokers = [s for name, s in compose["services"].items() if name.startswith("kafka")]
     assert len(brokers) >= settings.replication_factor  # every copy on its own broker

@@ -26,6 +26,16 @@ def test_nothing_configured_means_embedded_defaults():
     s = Settings.load(env={})
     assert s.embedded_broker and s.alert_store_url().startswith("sqlite:///")
     assert s.topic("settlements") == "fundwatch.settlements"
+    assert s.ledger_retention_days == 400
+
+
+def test_a_ledger_window_of_zero_keeps_every_id():
+    from streams.replay import replay_pipeline
+
+    s = Settings.load(env={"FUNDWATCH_LEDGER_RETENTION_DAYS": "0"})
+    assert s.ledger_retention_days == 0
+    assert replay_pipeline(s, None).retention is None
+    assert replay_pipeline(Settings.load(env={}), None).retention.days == 400
 
 
 @pytest.mark.parametrize("text, needle", [
@@ -33,6 +43,7 @@ def test_nothing_configured_means_embedded_defaults():
     ('[fundwatch]\npartitions = 0\n', "[fundwatch].partitions"),
     ('[fundwatch\n', "not valid TOML"),
     ('[fundwatch]\ntable_store = "disk"\n', "table_store = 'disk' is not one of memory, rocksdb"),
+    ('[fundwatch]\nledger_retention_days = -1\n', "ledger_retention_days = -1 is not valid"),
 ])
 def test_config_errors_name_the_file_and_the_key(tmp_path, text, needle):
     conf = tmp_path / "bad.toml"
