@@ -46,7 +46,7 @@ from streams.records import Contribution, Reason, Settlement, digest, fen_to_yua
 from streams.watermark import event_ms
 
 __all__ = ["ADMISSION_CODES", "Admission", "LedgerRetention", "admit", "event_day",
-           "event_day_of_ms", "ledger_key"]
+           "event_day_of_ms", "iso_day", "ledger_key"]
 
 #: The reason codes admit() can emit (all of them are also in records.REASON_CODES).
 ADMISSION_CODES = (
@@ -121,7 +121,7 @@ def event_day(event: Settlement | Contribution) -> int:
     >>> c = from_canonical({"schema": "contribution/v1", "contribution_id": "C9",
     ...     "received_at": "2024-02-29T23:30:00+08:00", "pool_region": "440900",
     ...     "insurance_type": "employee", "amount": "1.00", "source": "employer"})
-    >>> _iso_day(event_day(c))
+    >>> iso_day(event_day(c))
     '2024-02-29'
     """
     return event_day_of_ms(event_ms(event))
@@ -131,7 +131,8 @@ def event_day_of_ms(ms: int) -> int:
     return (ms + _SHANGHAI_MS) // _DAY_MS
 
 
-def _iso_day(day: int) -> str:
+def iso_day(day: int) -> str:
+    """A day of :func:`event_day` as an ISO date."""
     return (date(1970, 1, 1) + timedelta(days=day)).isoformat()
 
 
@@ -328,9 +329,9 @@ def admit(event: Settlement | Contribution, ledger: MutableMapping[str, Any],
         if forgotten is not None and day < forgotten:
             return _decided(ledger, source, Admission("rejected", (Reason(
                 "beyond_retention",
-                f"{event.kind} {event.record_id!r} is from {_iso_day(day)}, but the ledger "
+                f"{event.kind} {event.record_id!r} is from {iso_day(day)}, but the ledger "
                 f"keeps ids for {retention.days} days behind the watermark and has "
-                f"forgotten the days before {_iso_day(forgotten)}: it cannot be checked for "
+                f"forgotten the days before {iso_day(forgotten)}: it cannot be checked for "
                 "duplicates or reversals. Review it by hand (or replay the period with a "
                 "longer retention)"),)), retention)
     content = digest(event, canonical)
@@ -413,7 +414,7 @@ def _check_reversal(event: Settlement, ledger: MutableMapping[str, Any],
         # (A reversal carries no date of its original: an original older than the
         # ledger remembers cannot be told apart from one never sent.)
         older = "" if forgotten is None else (
-            f", or it is from before {_iso_day(forgotten)}, which the ledger has forgotten "
+            f", or it is from before {iso_day(forgotten)}, which the ledger has forgotten "
             "(review such a reversal by hand)")
         return (Reason("reversal_unknown_original", f"settlement {rid!r} reverses {oid!r}, but "
                        f"no settlement {oid!r} was accepted before; send the original first, "

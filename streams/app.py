@@ -50,7 +50,7 @@ from rules.core import (ClosingIndex, Detection, DetectionCore, load_rules,  # n
                         partition_of)
 from rules.registry import Registry
 from sinks.store import AlertStore, alert_problems
-from streams.admission import LedgerRetention, admit
+from streams.admission import FORGOTTEN, LedgerRetention, admit, iso_day
 from streams.changelog import ChangelogWriter, EncodedValues, StateOverlay
 from streams.deadletter import deadletter_record
 from streams.latency import LatencyRecorder
@@ -772,6 +772,11 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             # Per detect partition: copies that arrived after their day was closed
             # (streams.watermark.is_late); the replay counts the same.
             "late": {p: clock.get("late", 0) for p, clock in detect_clock.items() if clock},
+            # Per admission partition: the first day its ledger still remembers
+            # (streams.admission.LedgerRetention); a record before it is rejected.
+            "ledger_remembers_from": {
+                p: iso_day(day) for p in map(str, range(P))
+                if (day := ledger_values.get(FORGOTTEN + p)) is not None},
         }))
 
     app.fundwatch_core = core  # for tests and the demo's summary

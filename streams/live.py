@@ -153,6 +153,8 @@ class Observed:
     flow: dict[str, tuple] = field(default_factory=dict)  # worker → (counts, seen at)
     closed: dict[str, int] = field(default_factory=dict)  # detect partition → midnight (ms)
     late: dict[str, int] = field(default_factory=dict)  # detect partition → late copies
+    # admission partition → the first day its ledger still remembers (ISO date)
+    remembers_from: dict[str, str] = field(default_factory=dict)
     scores: dict[str, dict] = field(default_factory=dict)  # settlement id → its score record
     sources: dict[str, list] = field(default_factory=dict)  # worker → source partitions read
 
@@ -291,6 +293,8 @@ class Watcher:
                         o.closed[part] = max(o.closed.get(part, ms), ms)
                     for part, n in value.get("late", {}).items():
                         o.late[part] = max(o.late.get(part, n), n)
+                    for part, day in value.get("ledger_remembers_from", {}).items():
+                        o.remembers_from[part] = max(o.remembers_from.get(part, day), day)
 
     async def until(self, predicate, timeout_s: float, tick=None) -> bool:
         deadline = time.monotonic() + timeout_s

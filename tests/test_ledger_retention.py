@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from rules.core import DetectionCore, load_rules
-from streams.live import start_worker, stop_worker
+from streams.live import Watcher, start_worker, stop_worker
 from streams.offline import OfflinePipeline
 from streams.simulate import simulate
 from tests.factories import dumps, reversal_of, settlement
@@ -84,6 +84,18 @@ async def ledger_changelog(settings) -> dict[str, bytes | None]:
             for key, value in await read_changelog(settings, "ledger")}
 
 
+async def remembers_from(settings, expected: dict, timeout_s: float = 30) -> dict:
+    """The metrics' first remembered day per admission partition, once it is
+    ``expected`` (or what it is when ``timeout_s`` has passed)."""
+    watcher = Watcher(settings)
+    await watcher.start()
+    try:
+        await watcher.until(lambda o: o.remembers_from == expected, timeout_s)
+        return watcher.observed.remembers_from
+    finally:
+        await watcher.stop()
+
+
 @pytest.mark.broker
 @pytest.mark.parametrize("table_store", ["memory", "rocksdb"])
 def test_a_restarted_worker_recovers_what_was_forgotten(live_settings, table_store):
@@ -104,6 +116,9 @@ def test_a_restarted_worker_recovers_what_was_forgotten(live_settings, table_sto
             log_now = asyncio.run(ledger_changelog(settings))
             return {k for k, v in log_now.items() if v is None and k.startswith("s:")}
         assert wait_until(lambda: tombstoned() == forgotten, 30), tombstoned()
+        # The worker's metrics say where each admission partition's memory starts.
+        every = {str(p): "2025-03-07" for p in range(settings.partitions)}
+        assert asyncio.run(remembers_from(settings, every)) == every
     finally:
         stop_worker(worker, hard=True)                       # SIGKILL: no clean stop
 
