@@ -218,8 +218,12 @@ class LedgerRetention:
 
     def save(self, ledger: MutableMapping[str, Any]) -> None:
         """Write the keys noted since the last save into the day index."""
-        if not self._noted:
-            return
+        if self._noted:
+            ledger[DAYS + self.tag] = self._write_chunks(ledger)
+
+    def _write_chunks(self, ledger: MutableMapping[str, Any]) -> dict[str, int]:
+        """Write the noted keys' index chunks; return the directory that counts them
+        (not written)."""
         directory = dict(ledger.get(DAYS + self.tag) or {})
         for day, keys in self._noted.items():
             n = directory.get(str(day), 0)
@@ -232,8 +236,8 @@ class LedgerRetention:
                     continue
             ledger[f"{DAY_INDEX}{self.tag}/{day}/{n}"] = keys
             directory[str(day)] = n + 1
-        ledger[DAYS + self.tag] = directory
         self._noted = {}
+        return directory
 
     def expire(self, ledger: MutableMapping[str, Any], watermark_ms: int,
                budget: int | None = None) -> int:
@@ -242,8 +246,15 @@ class LedgerRetention:
 
         ``budget``: stop once about that many are forgotten (whole index chunks);
         the next call goes on. Live, a province's day is millions of ids: forgotten
-        in one batch, its tombstones would hold the admission stage for seconds."""
-        self.save(ledger)
+        in one batch, its tombstones would hold the admission stage for seconds.
+
+        The writes come in the order a changelog keeps them (a batch too large for
+        one record batch can be cut short by a crash): the first day remembered,
+        then the tombstones, then the directory that no longer lists them. A prefix
+        may leave entries of a forgotten day in the ledger (never admitted again:
+        their day is before the first remembered), never a listed chunk unwritten."""
+        changed = bool(self._noted)
+        directory = self._write_chunks(ledger)
         horizon = event_day_of_ms(watermark_ms) - self.days
         known = self.forgotten_before(ledger)
         if known is not None and horizon <= known:
@@ -251,25 +262,22 @@ class LedgerRetention:
         elif known != horizon:
             # Before any entry goes: from here on no record of those days is admitted.
             ledger[FORGOTTEN + self.tag] = horizon
-        directory = ledger.get(DAYS + self.tag) or {}
-        due = [day for day in directory if int(day) < horizon]
-        if not due:
-            return 0
-        left = dict(directory)
         forgotten = 0
-        for day in due:
+        for day in [day for day in directory if int(day) < horizon]:
             # The day's chunks from the last: what is left of a day cut short by the
-            # budget is its chunks 0 .. left[day] - 1.
-            while left[day] and (budget is None or forgotten < budget):
-                left[day] -= 1
-                chunk = f"{DAY_INDEX}{self.tag}/{day}/{left[day]}"
+            # budget is its chunks 0 .. directory[day] - 1.
+            while directory[day] and (budget is None or forgotten < budget):
+                directory[day] -= 1
+                chunk = f"{DAY_INDEX}{self.tag}/{day}/{directory[day]}"
                 for key in ledger.get(chunk) or ():
                     forgotten += ledger.pop(key, None) is not None
                 ledger.pop(chunk, None)
-            if left[day]:
+                changed = True
+            if directory[day]:
                 break
-            del left[day]
-        ledger[DAYS + self.tag] = left
+            del directory[day]
+        if changed:
+            ledger[DAYS + self.tag] = directory
         return forgotten
 
 
