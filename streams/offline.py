@@ -113,9 +113,11 @@ class OfflinePipeline:
         self._close_at(last_midnight(watermark))
         # The ledger forgets by whole days: once a day is enough (live, admission
         # does it with every batch's progress).
-        if self.retention is not None and event_day_of_ms(watermark) != self._expired_at:
-            self._expired_at = event_day_of_ms(watermark)
-            self.retention.expire(self.ledger, watermark)
+        if self.retention is not None:
+            day = event_day_of_ms(watermark)
+            if day != self._expired_at:
+                self._expired_at = day
+                self.retention.expire(self.ledger, watermark)
 
     def close_input(self) -> None:
         """The input is complete (a historical stream, replayed whole): every day up to
