@@ -46,8 +46,6 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infra.config import Settings  # noqa: E402
-
 # Provinces whose regions the pools are drawn from (prefixes of the contract's codes).
 PROVINCES = ["11", "31", "32", "33", "35", "37", "41", "42", "43", "44", "45", "50", "51",
              "53", "61"]
@@ -310,6 +308,8 @@ def _rss_mb(field: str) -> float:
 
 
 def main() -> None:
+    from infra.config import Settings
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--persons", type=int, default=1_000_000)
     ap.add_argument("--institutions", type=int, default=10_000)

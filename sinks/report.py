@@ -123,8 +123,8 @@ def _provenance(facts: ReplayFacts) -> str:
                                          "stream is that far past its end"))
     retention = getattr(facts.pipeline, "retention_days", None)
     if retention:
-        rows.append(("ledger window", f"{retention:,} days — a record further behind the "
-                                      "watermark is rejected as beyond_retention"))
+        rows.append(("ledger window", (f"{retention:,} days — a record further behind "
+                                       "the watermark is rejected as beyond_retention")))
     return _section("made", "How it was made", _kv(rows) + (
         "<p class=\"note\">Run the command again on the same files, registry and "
         "configuration: the alerts, balances and this report come out byte-identical.</p>"))
