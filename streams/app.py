@@ -42,7 +42,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from infra.broker import kafka_client_options
 from infra.config import Settings
 from infra.tansu import patch_faust_recovery
-from streams import heap, offset_guard, tables
+from streams import drain, heap, offset_guard, tables
 from rules.alerts import SHANGHAI
 # partition_of: a batch is sent to the partition its records' keys hash to, so the
 # table writes made while handling it land in the changelog partition they always did.
@@ -143,6 +143,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     source_topics = {settings.topic("settlements"), settings.topic("contributions")}
     offset_guard.patch(source_topics | {settings.topic(name) for name in
                                         ("admit", "detect", "alerts")})
+    drain.patch()  # records delivered without four tasks each (streams/drain.py)
     sources = app.topic(*sorted(source_topics), **RAW)
     admit_topic = app.topic(settings.topic("admit"), partitions=P, internal=True, **RAW)
     detect_topic = app.topic(settings.topic("detect"), partitions=P, internal=True, **RAW)
