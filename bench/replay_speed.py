@@ -5,7 +5,9 @@
 
 1. Simulates a province until the file holds about ``--records`` records (JSONL).
 2. Replays it as ``fundwatch replay`` does — validation, admission, every rule and
-   the pool books, the balances — and times it: records per second.
+   the pool books, the balances — and times it: records per second. Also the
+   daily closes' times: the longest, and those at months' ends (the longest a live
+   detect partition stands still; see ``timed_closes``).
 3. In the same run, a plain pandas batch over the same file: read the lines, drop
    duplicates, the monthly pool balances (income, expenditure, accumulated
    balance) and the cross-province surge (each institution's cross-province cost
@@ -38,6 +40,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.config import Settings  # noqa: E402
+from rules.core import DetectionCore  # noqa: E402
 from rules.registry import Registry  # noqa: E402
 from streams import heap  # noqa: E402
 from streams.replay import replay  # noqa: E402
@@ -53,16 +56,42 @@ def make_file(records: int, seed: int, where: Path) -> dict:
     return write(sim, where / "province.jsonl")
 
 
-def replay_rate(paths: dict, collector: str = "settled") -> tuple[float, int, int]:
+def replay_rate(paths: dict, collector: str = "settled",
+                closes: list | None = None) -> tuple[float, int, int]:
     """``collector``: "settled" as ``fundwatch replay`` sets the garbage collector
-    (streams.heap), or "default" as CPython does."""
+    (streams.heap), or "default" as CPython does. ``closes``: given, gets (seconds,
+    midnight) of every daily close (see :func:`timed_closes`)."""
     settings = Settings.load(env={})
     registry = Registry.load(paths["pools"])
     started = time.perf_counter()
-    with heap.settled() if collector == "settled" else contextlib.nullcontext():
+    with heap.settled() if collector == "settled" else contextlib.nullcontext(), \
+            timed_closes(closes) if closes is not None else contextlib.nullcontext():
         result = replay([str(paths["events"])], settings, registry, report=io.StringIO())
     elapsed = time.perf_counter() - started
     return result.lines / elapsed, result.lines, len(result.alerts)
+
+
+@contextlib.contextmanager
+def timed_closes(into: list):
+    """Time every run of the closing rules (``DetectionCore.close``) into ``into`` as
+    (seconds, midnight). The live detect stage runs the same code for its partition
+    and handles nothing else meanwhile: the longest close is how long a live
+    partition stands still at that midnight (a month's end, when
+    ``management_overspend`` solves its models)."""
+    original = DetectionCore.close
+
+    def close(self, slots, state, midnight):
+        started = time.perf_counter()
+        try:
+            return original(self, slots, state, midnight)
+        finally:
+            into.append((time.perf_counter() - started, midnight))
+
+    DetectionCore.close = close
+    try:
+        yield into
+    finally:
+        DetectionCore.close = original
 
 
 def pandas_batch(path: Path) -> tuple[float, int, int]:
@@ -172,9 +201,14 @@ def main() -> int:
           f"{time.perf_counter() - started:.0f} s")
     if args.collector:
         return compare_collectors(paths)
-    rate, lines, alerts = replay_rate(paths)
+    closes: list = []
+    rate, lines, alerts = replay_rate(paths, closes=closes)
     print(f"replay, every rule and the pool books: {lines:,} records at {rate:,.0f}/s "
           f"({alerts:,} alerts)")
+    longest, at = max(closes, key=lambda close: close[0])
+    month_ends = [s for s, midnight in closes if midnight.day == 1]
+    print(f"daily closes: {len(closes):,}, longest {longest:.3f} s (before {at:%Y-%m-%d}); "
+          f"at months' ends {', '.join(f'{s:.3f}' for s in month_ends)} s")
     batch, pool_months, flagged = pandas_batch(paths["events"])
     print(f"pandas batch (monthly balances + weekly surge): {batch:,.0f} records/s "
           f"({pool_months:,} pool-months, {flagged:,} institution-weeks above 20%)")
@@ -187,7 +221,7 @@ def main() -> int:
             print(f"  {stage:<62} {share:6.1%}")
     print(orjson.dumps({"replay_records_per_s": round(rate), "pandas_records_per_s":
                         round(batch), "ratio": round(rate / batch, 4),
-                        "records": lines}).decode())
+                        "records": lines, "longest_close_s": round(longest, 3)}).decode())
     return 0
 
 
