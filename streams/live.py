@@ -62,6 +62,17 @@ def peak_rss_mb(proc: subprocess.Popen) -> float | None:
     return None
 
 
+def cpu_seconds(proc: subprocess.Popen) -> float | None:
+    """The CPU time the process has used so far, user and system (Linux /proc)."""
+    try:
+        with open(f"/proc/{proc.pid}/stat") as stat:
+            # Fields after the command (which may hold spaces), from its closing ")".
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_worker(proc: subprocess.Popen, timeout_s: float = 20.0, hard: bool = False) -> None:
     if proc.poll() is not None:
         return
