@@ -19,7 +19,8 @@ line. The version is pinned in ``pyproject.toml``: a new one must be read again.
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, cast
+from collections.abc import AsyncIterator
+from typing import cast
 
 from mode import Service
 from mode.utils.queues import FlowControlQueue
@@ -121,7 +122,7 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - a worker
                             acks_enabled = acks_enabled_for(message.topic)
                             if acks_enabled:
                                 await self._add_gap(tp, r_offset + 1, offset)
-                        if commit_every is not None:
+                        if commit_every is not None:  # noqa: SIM102 - Faust's, as it is
                             if self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
@@ -156,7 +157,7 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - a worker
             return
         raise
     except Exception as exc:
-        self.log.exception("Drain messages raised: %r", exc)
+        self.log.exception("Drain messages raised: %r", exc)  # noqa: TRY401 - Faust's
         raise
     finally:
         unset_flag(flag_consumer_fetching)
