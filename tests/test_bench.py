@@ -3,9 +3,11 @@ workers publish: no broker needed. The bench itself (`fundwatch bench`) is a
 benchmark, not a test: its figures are in the README."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
-from streams.live import Observed
+from streams.live import Observed, cpu_seconds
 
 
 def report(routed: int, instance: str, handled: dict, age_s: float = 0.0):
@@ -47,3 +49,24 @@ def test_shares_count_each_recent_workers_source_partitions():
     assert sorted(o.shares()) == [3, 5]
     o.flow["a"] = report(0, "a", {}, age_s=60)
     assert o.shares() == [5]
+
+
+def test_cpu_seconds_counts_a_workers_busy_time_not_its_wall_time():
+    """The bench's CPU per record (one and two workers) is read this way."""
+    busy = subprocess.Popen([sys.executable, "-c",
+                             "import time\nend = time.process_time() + 0.6\n"
+                             "while time.process_time() < end: pass\ntime.sleep(30)"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        started = time.monotonic()
+        while cpu_seconds(busy) < 0.6 and time.monotonic() - started < 20:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the busy one now sleeps: its CPU time stays put
+        assert 0.6 <= cpu_seconds(busy) < 0.6 + 0.5  # start-up and the loop, no more
+        assert cpu_seconds(idle) < 0.5  # start-up only
+    finally:
+        busy.kill()
+        idle.kill()
+        busy.wait()
+        idle.wait()
+    assert cpu_seconds(busy) is None  # gone: nothing to read
