@@ -53,9 +53,9 @@ def test_shares_count_each_recent_workers_source_partitions():
 
 def test_cpu_seconds_counts_a_workers_busy_time_not_its_wall_time():
     """The bench's CPU per record (one and two workers) is read this way."""
-    busy = subprocess.Popen([sys.executable, "-c",
-                             "import time\nend = time.process_time() + 0.6\n"
-                             "while time.process_time() < end: pass\ntime.sleep(30)"])
+    spin = ("import time\nend = time.process_time() + 0.6\n"
+            "while time.process_time() < end: pass\ntime.sleep(30)")
+    busy = subprocess.Popen([sys.executable, "-c", spin])
     idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         started = time.monotonic()
