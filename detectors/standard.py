@@ -41,6 +41,7 @@ import base64
 import math
 import zlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -150,11 +151,50 @@ def category_costs(cells: Mapping[str, list]) -> dict[str, list]:
     return out
 
 
+#: The regressors, in the order :func:`factors` gives them and the columns follow.
+FACTORS = ("agg", "hmg", "level", "capital", "insurance", "care")
+
+
 def factors(cell: str, bins: Mapping[str, int]) -> dict[str, str]:
-    """The regressors of a cell, as factor → level."""
+    """The regressors of a cell, as factor → level (in :data:`FACTORS` order)."""
     group, _, _, level, capital, insurance, care = cell.split("|")
     return {"agg": group, "hmg": hmg_of(cell, bins), "level": level,
             "capital": capital, "insurance": insurance, "care": care}
+
+
+class CellFactors:
+    """Each cell's regressors under one binning, worked out once and numbered: a
+    month's close solves the province's model and one model per pool over the same
+    cells and bins (measured: working the factors out again for every solve was a
+    quarter of the close). A cell's levels are numbers into ``levels`` (factor,
+    level), in :data:`FACTORS` order.
+
+    >>> of = CellFactors({"J18": 2})
+    >>> of("F:66-70|J18|1|2|0|employee|home"), of("M:66-70|J18|1|2|0|employee|home")
+    ((0, 1, 2, 3, 4, 5), (6, 1, 2, 3, 4, 5))
+    >>> of.levels[:2], of.levels[6]
+    ([('agg', 'F:66-70'), ('hmg', 'X.2.1')], ('agg', 'M:66-70'))
+    """
+
+    def __init__(self, bins: Mapping[str, int]) -> None:
+        self.bins = dict(bins)
+        self.levels: list[tuple[str, str]] = []
+        self._number: dict[tuple[str, str], int] = {}
+        self._of: dict[str, tuple[int, ...]] = {}
+
+    def __call__(self, cell: str) -> tuple[int, ...]:
+        found = self._of.get(cell)
+        if found is None:
+            found = self._of[cell] = tuple(self._numbered(item) for item in
+                                           factors(cell, self.bins).items())
+        return found
+
+    def _numbered(self, level: tuple[str, str]) -> int:
+        k = self._number.get(level)
+        if k is None:
+            k = self._number[level] = len(self.levels)
+            self.levels.append(level)
+        return k
 
 
 @dataclass
@@ -180,8 +220,9 @@ class Fit:
                 x[k] = 1.0
         return x
 
-    @property
+    @cached_property
     def _index(self) -> dict[str, int]:
+        # Built once: a month's close predicts every cell of every pool.
         return {name: k for k, name in enumerate(self.columns)}
 
     def log_prediction(self, cell: str, target: str = "fund_paid") -> float:
@@ -196,8 +237,8 @@ class Fit:
         return {name: round(float(b), 6) for name, b in zip(self.columns, self.beta[target])}
 
 
-def solve(cells: Mapping[str, list], bins: Mapping[str, int], ridge: float = 0.0
-          ) -> Fit | None:
+def solve(cells: Mapping[str, list], bins: Mapping[str, int], ridge: float = 0.0,
+          factors_of: CellFactors | None = None) -> Fit | None:
     """Least squares over the cells (None with no stay to learn from). Each factor's
     most frequent level is the reference (ties: the first by name); columns never
     observed are left out; a rank-deficient design gets the minimum-norm solution,
@@ -207,57 +248,79 @@ def solve(cells: Mapping[str, list], bins: Mapping[str, int], ridge: float = 0.0
     pulled toward its reference instead of taking their noise for its effect — a
     province with few stays per group (or a pool measured against the others only)
     needs it. λ is in stays: a group with n stays keeps about n/(n+λ) of its own
-    mean difference."""
+    mean difference.
+
+    ``factors_of``: the cells' factors under these ``bins``, kept between the solves
+    of one close."""
     rows = sorted((cell, stats) for cell, stats in cells.items() if stats[N] > 0)
     if not rows:
         return None
-    # A cell's factors are worked out once: at a month's close this runs once for the
-    # province and once per pool, over thousands of cells.
-    levels = [factors(cell, bins) for cell, _ in rows]
-    counts: dict[str, dict[str, int]] = {}
-    for (_, stats), of_cell in zip(rows, levels):
-        for factor, level in of_cell.items():
-            per = counts.setdefault(factor, {})
-            per[level] = per.get(level, 0) + stats[N]
-    references = {factor: min(per, key=lambda level: (-per[level], level))
-                  for factor, per in counts.items()}
-    columns = ["const"] + [f"{factor}={level}" for factor, per in counts.items()
-                           for level in sorted(per) if level != references[factor]]
-    fit = Fit(dict(bins), columns, references, {}, {}, {}, sum(s[N] for _, s in rows))
-    index = {name: k for k, name in enumerate(columns)}
-    x = np.zeros((len(rows), len(columns)))
-    x[:, 0] = 1.0
-    for i, of_cell in enumerate(levels):
-        for factor, level in of_cell.items():
-            k = index.get(f"{factor}={level}")
-            if k is not None:
-                x[i, k] = 1.0
+    if factors_of is None:
+        factors_of = CellFactors(bins)
+    elif factors_of.bins != dict(bins):
+        raise ValueError("factors_of was made for other bins")
+    numbers = np.array([factors_of(cell) for cell, _ in rows], dtype=np.intp)
     stats = np.array([s for _, s in rows], dtype=float)  # one row per cell, N..COST
+    # Stays per level (sums of counts: exact in floating point).
+    stays = np.bincount(numbers.ravel(), weights=np.repeat(stats[:, N], len(FACTORS)),
+                        minlength=len(factors_of.levels))
+    observed: dict[str, list[tuple[str, int]]] = {}
+    for k in np.flatnonzero(stays):
+        factor, level = factors_of.levels[k]
+        observed.setdefault(factor, []).append((level, k))
+    references = {factor: min(observed[factor], key=lambda seen: (-stays[seen[1]], seen[0]))[0]
+                  for factor in FACTORS if factor in observed}
+    columns = ["const"]
+    # The design as each row's columns: the intercept and at most one level of each
+    # factor (a reference level points at ``none``, a column of zeros past the last).
+    column_of = np.zeros(len(factors_of.levels), dtype=np.intp)
+    for factor, reference in references.items():
+        for level, k in sorted(observed[factor]):
+            if level != reference:
+                column_of[k] = len(columns)
+                columns.append(f"{factor}={level}")
+    none = len(columns)
+    column_of[column_of == 0] = none
+    design = np.column_stack([np.zeros(len(rows), dtype=np.intp), column_of[numbers]])
+    fit = Fit(dict(bins), columns, references, {}, {}, {}, sum(s[N] for _, s in rows))
     with BLAS.limit(limits=1, user_api="blas"):
-        _fit_targets(fit, x, stats, ridge)
+        _fit_targets(fit, design, stats, ridge)
     return fit
 
 
-def _fit_targets(fit: Fit, x: np.ndarray, stats: np.ndarray, ridge: float) -> None:
+def _fit_targets(fit: Fit, design: np.ndarray, stats: np.ndarray, ridge: float) -> None:
     """Each target's coefficients, R², residual SD and smearing factor into ``fit``.
-    ``stats``: the cells' statistics, one row per row of the design ``x``."""
-    columns = fit.columns
+    ``design``: each cell's columns (see :func:`solve`); ``stats``: the cells'
+    statistics, in the same order.
+
+    Solved from the normal equations, built from the cells directly: X'WX is a sum
+    of stay counts (exact in floating point) and X'Wȳ a sum per column. A month's
+    close solves one model per pool over the province's cells; decomposing the
+    cells × columns design for each (and again for its rank) was most of the close
+    (measured: 2.4 s for 13 solves of 10,000 cells by 144 columns, now 0.4 s)."""
+    columns = len(fit.columns)
     n = stats[:, N]
-    weight = np.sqrt(n)
-    # Both targets share the design: one least-squares call solves them together
-    # (one decomposition, not one per target), and the rank is the design's.
     sums = stats[:, [sy for sy, _, _ in TARGETS.values()]] / LOG_UNITS
     squares = stats[:, [syy for _, syy, _ in TARGETS.values()]] / LOG_UNITS ** 2
-    a, b = x * weight[:, None], sums / n[:, None] * weight[:, None]
+    width = columns + 1  # and ``none``
+    per_row = design.shape[1]
+    pairs = (design[:, :, None] * width + design[:, None, :]).ravel()
+    gram = np.bincount(pairs, weights=np.repeat(n, per_row * per_row),
+                       minlength=width * width).reshape(width, width)[:columns, :columns]
+    moments = np.column_stack([
+        np.bincount(design.ravel(), weights=np.repeat(sums[:, t], per_row),
+                    minlength=width)[:columns] for t in range(len(TARGETS))])
+    rank = int(np.linalg.matrix_rank(gram, hermitian=True))  # the design's rank
+    system = gram.copy()
     if ridge > 0:
-        penalty = np.sqrt(ridge) * np.eye(len(columns))[1:]
-        a = np.vstack([a, penalty])
-        b = np.vstack([b, np.zeros((len(columns) - 1, len(TARGETS)))])
-    betas, *_ = np.linalg.lstsq(a, b, rcond=None)
-    rank = int(np.linalg.matrix_rank(x))
+        free = np.arange(1, columns)
+        system[free, free] += ridge
+    betas, *_ = np.linalg.lstsq(system, moments, rcond=None)
+    padded = np.vstack([betas, np.zeros((1, len(TARGETS)))])  # ``none`` adds nothing
+    fitted_all = padded[design].sum(axis=1)
     for t, (target, (_, _, total)) in enumerate(TARGETS.items()):
         beta = betas[:, t]
-        fitted = x @ beta
+        fitted = fitted_all[:, t]
         ssr = float(np.sum(squares[:, t] - 2 * fitted * sums[:, t] + n * fitted ** 2))
         sst = float(np.sum(squares[:, t]) - np.sum(sums[:, t]) ** 2 / fit.n)
         fit.beta[target] = beta

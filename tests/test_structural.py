@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from detectors.groups import bin_categories
-from detectors.standard import add, category_costs, factors, solve
+from detectors.standard import CellFactors, add, category_costs, factors, solve, subtract
 from rules.builtin.management_overspend import ManagementOverspend, stays_of
 from rules.core import DetectionCore, load_rules
 from rules.registry import Registry
@@ -43,17 +43,48 @@ def test_the_online_model_is_the_batch_least_squares_fit(province):
         add(cells, cell, paid, cost)
     bins = bin_categories(category_costs(cells), min_cases=5)
     fit = solve(cells, bins)
+    _agrees_with_the_batch_fit(fit, stays)
+    # The simulated costs follow the case mix (diagnosis, severity, level): the model
+    # explains most of log cost; the fund's share adds the reimbursement rules' noise.
+    assert fit.r2["total_cost"] > 0.5 and fit.r2["fund_paid"] > 0.5
 
-    # The batch fit: every stay a row, indicator columns made by pandas.
-    frame = pd.DataFrame([factors(cell, bins) for cell, _, _ in stays])
+
+def test_the_ridge_fit_without_some_stays_is_the_batch_ridge_fit(province):
+    """What a month's close solves: the penalised model (λ·Σβ², intercept free) of the
+    cells less a pool's (``subtract``), with the factors shared between solves."""
+    sim, _, registry = province
+    stays = _stays(sim, registry)
+    cells: dict = {}
+    left_out: dict = {}
+    for n, (cell, paid, cost) in enumerate(stays):
+        add(cells, cell, paid, cost)
+        if n % 3 == 0:
+            add(left_out, cell, paid, cost)
+    bins = bin_categories(category_costs(cells), min_cases=5)
+    shared = CellFactors(bins)
+    assert solve(cells, bins, 3.0, shared) is not None  # the province's, first
+    fit = solve(subtract(cells, left_out), bins, 3.0, shared)
+    rest = [stay for n, stay in enumerate(stays) if n % 3]
+    assert fit.n == len(rest)
+    _agrees_with_the_batch_fit(fit, rest, ridge=3.0)
+    with pytest.raises(ValueError, match="other bins"):
+        solve(cells, {**bins, "ZZZ": 9}, 3.0, shared)
+
+
+def _agrees_with_the_batch_fit(fit, stays, ridge: float = 0.0) -> None:
+    """``fit`` against least squares over the individual stays: every stay a row,
+    indicator columns made by pandas; a ridge as the rows √λ·e_j (j ≥ 1) under them."""
+    frame = pd.DataFrame([factors(cell, fit.bins) for cell, _, _ in stays])
     design = pd.get_dummies(frame, columns=list(frame.columns), dtype=float)
     for factor, level in fit.references.items():  # the same reference levels
         design = design.drop(columns=f"{factor}_{level}")
     design = design.loc[:, design.sum() > 0]
     x = np.column_stack([np.ones(len(stays)), design.to_numpy()])
+    penalty = math.sqrt(ridge) * np.eye(x.shape[1])[1:]
     for target, column in (("fund_paid", 1), ("total_cost", 2)):
         y = np.log([s[column] for s in stays])
-        beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+        beta, *_ = np.linalg.lstsq(np.vstack([x, penalty]),
+                                   np.concatenate([y, np.zeros(len(penalty))]), rcond=None)
         fitted = x @ beta
         r2 = 1 - np.sum((y - fitted) ** 2) / np.sum((y - y.mean()) ** 2)
         # Logs are summed in 1e-4 units: the two agree to that.
@@ -61,15 +92,13 @@ def test_the_online_model_is_the_batch_least_squares_fit(province):
         online = np.array([fit.log_prediction(cell, target) for cell, _, _ in stays])
         assert np.max(np.abs(online - fitted)) < 1e-3
         mine = fit.coefficients(target)
+        assert len(mine) == len(beta)
         for name, b in zip(design.columns, beta[1:]):
             factor, _, level = name.partition("_")
             assert mine[f"{factor}={level}"] == pytest.approx(b, abs=1e-3), name
         # Duan's smearing, computed from the stays themselves.
         smear = np.mean(np.exp(y - fitted))
         assert fit.smear[target] == pytest.approx(smear, rel=1e-3)
-    # The simulated costs follow the case mix (diagnosis, severity, level): the model
-    # explains most of log cost; the fund's share adds the reimbursement rules' noise.
-    assert fit.r2["total_cost"] > 0.5 and fit.r2["fund_paid"] > 0.5
 
 
 def test_arrival_order_changes_no_sum_and_a_reversal_takes_its_stay_out(province):

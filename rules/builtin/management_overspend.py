@@ -69,7 +69,7 @@ from datetime import datetime
 from typing import Any
 
 from detectors.groups import bin_categories
-from detectors.standard import (LOG_UNITS, N, PAID, SY, add, category_costs, cell_of,
+from detectors.standard import (LOG_UNITS, N, PAID, SY, CellFactors, add, category_costs, cell_of,
                                 hmg_of, merge, pack, solve, subtract, unpack)
 from rules.alerts import SHANGHAI, make_alert, month_window
 from rules.core import Param, Rule
@@ -182,13 +182,14 @@ class ManagementOverspend(Rule):
                 cells = merge(cells, mine["cells"])
             pools = {**judged, **{pool: merge(judged.get(pool, {}), mine["cells"])
                                   for pool, mine in opened.items()}}
-            ridge = self.p["ridge"]
-            fit = solve(cells, bins, ridge) if state["months"] >= self.p["warmup_months"] \
-                else None
+            ridge, factors_of = self.p["ridge"], CellFactors(bins)
+            fit = solve(cells, bins, ridge, factors_of) \
+                if state["months"] >= self.p["warmup_months"] else None
             if fit is not None:
                 # Each pool against a model of the *other* pools: one that overspends
                 # must not raise its own standard through the groups it dominates.
-                verdicts = {pool: self._judge(solve(subtract(cells, pools[pool]), bins, ridge),
+                verdicts = {pool: self._judge(solve(subtract(cells, pools[pool]), bins, ridge,
+                                                    factors_of),
                                               fit, month, pool, mine)
                             for pool, mine in sorted(opened.items())}
                 alerts += [alert for _, alert in verdicts.values() if alert]
