@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from detectors.groups import bin_categories
-from detectors.standard import CellFactors, add, category_costs, factors, solve, subtract
+from detectors.standard import CellFactors, Design, add, category_costs, factors, solve, subtract
 from rules.builtin.management_overspend import ManagementOverspend, stays_of
 from rules.core import DetectionCore, load_rules
 from rules.registry import Registry
@@ -62,13 +62,21 @@ def test_the_ridge_fit_without_some_stays_is_the_batch_ridge_fit(province):
             add(left_out, cell, paid, cost)
     bins = bin_categories(category_costs(cells), min_cases=5)
     shared = CellFactors(bins)
-    assert solve(cells, bins, 3.0, shared) is not None  # the province's, first
-    fit = solve(subtract(cells, left_out), bins, 3.0, shared)
+    province = Design(cells, shared)
+    assert province.fit(3.0).n == len(stays)
     rest = [stay for n, stay in enumerate(stays) if n % 3]
-    assert fit.n == len(rest)
-    _agrees_with_the_batch_fit(fit, rest, ridge=3.0)
+    # As the close does it (the province's normal equations less the subset's), and
+    # from the remaining cells themselves.
+    for fit in (province.less(Design(left_out, shared)).fit(3.0),
+                solve(subtract(cells, left_out), bins, 3.0, shared)):
+        assert fit.n == len(rest)
+        _agrees_with_the_batch_fit(fit, rest, ridge=3.0)
     with pytest.raises(ValueError, match="other bins"):
         solve(cells, {**bins, "ZZZ": 9}, 3.0, shared)
+    stranger = {"M:0-5|ZZZ|1|3|1|resident|away": [1, 90000, 8100000000, 8103, 90000,
+                                                  8100000000, 8103]}
+    with pytest.raises(ValueError, match="not among these cells"):
+        province.less(Design(stranger, shared))
 
 
 def _agrees_with_the_batch_fit(fit, stays, ridge: float = 0.0) -> None:

@@ -69,8 +69,8 @@ from datetime import datetime
 from typing import Any
 
 from detectors.groups import bin_categories
-from detectors.standard import (LOG_UNITS, N, PAID, SY, CellFactors, add, category_costs, cell_of,
-                                hmg_of, merge, pack, solve, subtract, unpack)
+from detectors.standard import (LOG_UNITS, N, PAID, SY, CellFactors, Design, add,
+                                category_costs, cell_of, hmg_of, merge, pack, unpack)
 from rules.alerts import SHANGHAI, make_alert, month_window
 from rules.core import Param, Rule
 from streams.records import fen_to_yuan_str
@@ -183,15 +183,14 @@ class ManagementOverspend(Rule):
             pools = {**judged, **{pool: merge(judged.get(pool, {}), mine["cells"])
                                   for pool, mine in opened.items()}}
             ridge, factors_of = self.p["ridge"], CellFactors(bins)
-            fit = solve(cells, bins, ridge, factors_of) \
-                if state["months"] >= self.p["warmup_months"] else None
+            province = Design(cells, factors_of)
+            fit = province.fit(ridge) if state["months"] >= self.p["warmup_months"] else None
             if fit is not None:
                 # Each pool against a model of the *other* pools: one that overspends
                 # must not raise its own standard through the groups it dominates.
-                verdicts = {pool: self._judge(solve(subtract(cells, pools[pool]), bins, ridge,
-                                                    factors_of),
-                                              fit, month, pool, mine)
-                            for pool, mine in sorted(opened.items())}
+                verdicts = {pool: self._judge(
+                    province.less(Design(pools[pool], factors_of)).fit(ridge),
+                    fit, month, pool, mine) for pool, mine in sorted(opened.items())}
                 alerts += [alert for _, alert in verdicts.values() if alert]
                 report = {**state["report"], month: {
                     "model": {"stays": fit.n, "r2_fund_paid": round(fit.r2["fund_paid"], 4),
