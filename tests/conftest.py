@@ -8,6 +8,7 @@ import pytest
 
 from infra.broker import EmbeddedBroker, ensure_topics
 from infra.config import Settings
+from tests.live_support import GROUP_TIMEOUTS
 
 PG_URL = os.environ.get("FUNDWATCH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -27,7 +28,8 @@ def live_settings(broker, tmp_path) -> Settings:
     settings = Settings(bootstrap_servers=broker.bootstrap_servers,
                         topic_prefix=f"t{tag}.", app_id=f"fundwatch-{tag}",
                         partitions=2, data_dir=str(tmp_path / "data"),
-                        db_url=f"sqlite:///{tmp_path / 'alerts.db'}")
+                        db_url=f"sqlite:///{tmp_path / 'alerts.db'}",
+                        **GROUP_TIMEOUTS)
     ensure_topics(broker.bootstrap_servers, settings)
     return settings
 

@@ -32,7 +32,7 @@ from streams.offline import OfflinePipeline
 from streams.records import parse
 from streams.watermark import event_ms
 from tests.factories import D0, bill, dumps, weeks
-from tests.live_support import run_through_worker
+from tests.live_support import GROUP_TIMEOUTS, run_through_worker
 
 pytestmark = pytest.mark.broker
 
@@ -62,7 +62,7 @@ def four_partitions(broker, tmp_path) -> Settings:
     tag = uuid.uuid4().hex[:8]
     settings = Settings(bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"j{tag}.",
                         app_id=f"joint-{tag}", partitions=4, data_dir=str(tmp_path / "data"),
-                        db_url=f"sqlite:///{tmp_path / 'alerts.db'}")
+                        db_url=f"sqlite:///{tmp_path / 'alerts.db'}", **GROUP_TIMEOUTS)
     ensure_topics(broker.bootstrap_servers, settings)
     return settings
 

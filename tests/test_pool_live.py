@@ -23,7 +23,7 @@ from streams.offline import OfflinePipeline
 from streams.records import Rejected, parse
 from streams.simulate import simulate, write
 from streams.watermark import DEFAULT_LATENESS_S, event_ms, last_midnight
-from tests.live_support import run_through_worker
+from tests.live_support import GROUP_TIMEOUTS, run_through_worker
 from tests.pool_reference import monthly_balances
 
 pytestmark = pytest.mark.broker
@@ -45,7 +45,8 @@ def test_a_killed_worker_ends_with_the_same_books_and_pool_alerts(broker, tmp_pa
     settings = Settings(bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"p{tag}.",
                         app_id=f"pools-{tag}", partitions=4, data_dir=str(tmp_path / "data"),
                         db_url=f"sqlite:///{tmp_path / 'alerts.db'}",
-                        pools_path=str(paths["pools"]), table_store=table_store)
+                        pools_path=str(paths["pools"]), table_store=table_store,
+                        **GROUP_TIMEOUTS)
     ensure_topics(broker.bootstrap_servers, settings)
 
     # What a replay of the same lines, stopping where the live watermark stops, gives.
