@@ -332,7 +332,7 @@ class Design:
     def fit(self, ridge: float = 0.0) -> Fit | None:
         """The least-squares model of these cells (see :func:`solve`)."""
         gram = self.gram
-        n = int(gram[0, 0]) if len(gram) else 0
+        n = int(gram[0, 0])  # the intercept's own entry: the stays
         if n <= 0:
             return None
         stays = gram[0, 1:]  # the intercept's row: stays per level
