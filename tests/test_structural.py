@@ -51,7 +51,8 @@ def test_the_online_model_is_the_batch_least_squares_fit(province):
 
 def test_the_ridge_fit_without_some_stays_is_the_batch_ridge_fit(province):
     """What a month's close solves: the penalised model (λ·Σβ², intercept free) of the
-    cells less a pool's (``subtract``), with the factors shared between solves."""
+    cells less a pool's (``Design.less``; and, to compare, of the cells ``subtract``
+    leaves), with the factors shared between solves."""
     sim, _, registry = province
     stays = _stays(sim, registry)
     cells: dict = {}
