@@ -286,16 +286,18 @@ class Design:
                  _arrays: tuple | None = None) -> None:
         self.factors_of = factors_of
         if _arrays is not None:
-            self.cells, self.numbers, self.stats, self.gram, self.moments = _arrays
+            self.cells, self.full, self.stats, self.gram, self.moments = _arrays
             return
         rows = sorted((cell, stats) for cell, stats in cells.items() if stats[N] > 0)
         self.cells = [cell for cell, _ in rows]
-        self.numbers = np.array([factors_of(cell) for cell in self.cells],
-                                dtype=np.intp).reshape(len(rows), len(FACTORS))
+        numbers = np.array([factors_of(cell) for cell in self.cells],
+                           dtype=np.intp).reshape(len(rows), len(FACTORS))
         self.stats = np.array([s for _, s in rows], dtype=float).reshape(len(rows), 7)
-        # Column 0 is the intercept, column k + 1 level k of factors_of.levels.
+        # Each cell's columns of the full design: the intercept (column 0) and its
+        # levels (column k + 1 is level k of factors_of.levels). Shared by the
+        # designs ``less`` makes of these cells.
+        self.full = full = np.column_stack([np.zeros(len(rows), dtype=np.intp), numbers + 1])
         size = len(factors_of.levels) + 1
-        full = self.full_design()
         per_row = full.shape[1]
         pairs = (full[:, :, None] * size + full[:, None, :]).ravel()
         self.gram = np.bincount(pairs, weights=np.repeat(self.stats[:, N], per_row ** 2),
@@ -304,10 +306,6 @@ class Design:
         self.moments = np.column_stack([
             np.bincount(full.ravel(), weights=np.repeat(sums[:, t], per_row), minlength=size)
             for t in range(len(TARGETS))]).reshape(size, len(TARGETS))
-
-    def full_design(self) -> np.ndarray:
-        """Each cell's columns of the full design: the intercept and its levels."""
-        return np.column_stack([np.zeros(len(self.cells), dtype=np.intp), self.numbers + 1])
 
     @cached_property
     def position(self) -> dict[str, int]:
@@ -325,7 +323,7 @@ class Design:
             raise ValueError(f"cell {exc.args[0]} is not among these cells") from None
         size = max(len(self.gram), len(part.gram))
         return Design({}, self.factors_of, (
-            self.cells, self.numbers, stats,
+            self.cells, self.full, stats,
             _grown(self.gram, size, True) - _grown(part.gram, size, True),
             _grown(self.moments, size, False) - _grown(part.moments, size, False)))
 
@@ -366,7 +364,7 @@ class Design:
         # Levels left out (references, unobserved) add nothing to a cell's prediction.
         full_betas = np.zeros((len(self.gram), len(TARGETS)))
         full_betas[chosen] = betas
-        fitted_all = full_betas[self.full_design()].sum(axis=1)
+        fitted_all = full_betas[self.full].sum(axis=1)
         stats, n = self.stats, self.stats[:, N]
         for t, (target, (sy, syy, total)) in enumerate(TARGETS.items()):
             sums, squares = stats[:, sy] / LOG_UNITS, stats[:, syy] / LOG_UNITS ** 2

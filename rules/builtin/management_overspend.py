@@ -223,9 +223,11 @@ class ManagementOverspend(Rule):
         groups: dict[str, list] = {}
         for cell, stats in mine["cells"].items():
             n, sy, paid = stats[N], stats[SY], stats[PAID]
-            expected = n * fit.predicted_fen(cell)
+            # fit.predicted_fen(cell), from the one log prediction both need.
+            log_prediction = fit.log_prediction(cell)
+            expected = n * (math.exp(log_prediction) * fit.smear["fund_paid"])
             nominal += expected
-            residual += sy / LOG_UNITS - n * fit.log_prediction(cell)
+            residual += sy / LOG_UNITS - n * log_prediction
             group = groups.setdefault(hmg_of(cell, fit.bins), [0, 0.0, 0])
             group[0] += n
             group[1] += expected
