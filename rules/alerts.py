@@ -63,8 +63,29 @@ def make_alert(rule_id: str, severity: str, subject_kind: str, subject_id: str, 
 
 
 def month_of(moment: datetime) -> str:
-    """The calendar month (Asia/Shanghai) an aware datetime falls in, as ``YYYY-MM``."""
-    return moment.astimezone(SHANGHAI).strftime("%Y-%m")
+    """The calendar month (Asia/Shanghai) an aware datetime falls in, as ``YYYY-MM``.
+
+    >>> month_of(datetime.fromisoformat("2025-05-31T16:00:00+00:00"))
+    '2025-06'
+    """
+    day = shanghai_day(moment)
+    if day.year < 1000:  # strftime's %Y does not pad these: keys stay as they were
+        return day.strftime("%Y-%m")
+    # Formatted from the date, not by strftime: called for every record by several
+    # rules, and strftime took 3 µs of the 3.5 a call cost.
+    return f"{day.year}-{day.month:02d}"
+
+
+def day_of(moment: datetime) -> str:
+    """The calendar day (Asia/Shanghai) of an aware datetime, ``YYYY-MM-DD``.
+
+    >>> day_of(datetime.fromisoformat("2025-05-31T16:00:00+00:00"))
+    '2025-06-01'
+    """
+    day = shanghai_day(moment)
+    if day.year < 1000:  # as month_of
+        return day.strftime("%Y-%m-%d")
+    return day.isoformat()
 
 
 def month_window(month: str) -> dict[str, str]:

@@ -51,16 +51,13 @@ from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from typing import Any, Iterable, Mapping
 
-from rules.alerts import SHANGHAI, previous_month
+from rules.alerts import day_of, previous_month
 from rules.core import Book
 
 MAX_LOOKBACK_MONTHS = 13  # the most any pool rule looks back (12 trailing months + this one)
 DEFAULT_KEEP_MONTHS = 25
 
 
-def day_of(moment: datetime) -> str:
-    """The Asia/Shanghai day of an aware time, ``YYYY-MM-DD``."""
-    return moment.astimezone(SHANGHAI).strftime("%Y-%m-%d")
 
 
 def empty_month() -> dict[str, int]:

@@ -32,7 +32,7 @@ import csv
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from rules.alerts import SHANGHAI
+from rules.alerts import month_of
 from streams.records import fen_to_yuan_str
 
 RULE = "management_overspend"
@@ -153,7 +153,7 @@ def group_rows(events: Iterable, state: Mapping[str, dict], rule) -> list[dict]:
                 cells = merge(cells, own)
             fits[province] = (last, solve(cells, value["report"][last]["bins"]))
         last, fit = fits[province]
-        month = event.settled_at.astimezone(SHANGHAI).strftime("%Y-%m")
+        month = month_of(event.settled_at)
         bins_of = month if month in value["report"] else last
         bins = value["report"][bins_of]["bins"]
         cell = rule.cell(event)

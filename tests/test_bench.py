@@ -70,3 +70,24 @@ def test_cpu_seconds_counts_a_workers_busy_time_not_its_wall_time():
         busy.wait()
         idle.wait()
     assert cpu_seconds(busy) is None  # gone: nothing to read
+
+
+def test_the_latency_summary_is_the_order_statistics_of_the_reservoir():
+    """p50 and p99 are the samples at ranks ⌊0.5 n⌋ and ⌊0.99 n⌋ of the sorted
+    reservoir (found by partition), before and after the reservoir fills."""
+    import random
+
+    from streams.latency import LatencyRecorder
+
+    rng = random.Random(3)
+    recorder = LatencyRecorder(capacity=5_000, seed=1)
+    for n in (1, 2, 7, 4_999, 20_000):
+        while recorder.count < n:
+            recorder.record(rng.expovariate(4.0))
+        ordered = sorted(recorder.samples)
+        size = len(ordered)
+        summary = recorder.summary()
+        assert summary["count"] == n
+        assert summary["p50_s"] == round(ordered[min(size - 1, int(0.5 * size))], 4)
+        assert summary["p99_s"] == round(ordered[min(size - 1, int(0.99 * size))], 4)
+        assert summary["max_s"] == round(max(recorder.max, ordered[-1]), 4)

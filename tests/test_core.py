@@ -179,3 +179,32 @@ def test_a_record_read_twice_from_its_source_is_applied_once():
 
     expected = parse(record).fund_paid_fen + parse(unfiled(2)).fund_paid_fen
     assert pipeline.state["fund_sum_probe|H440100001"]["v"] == expected
+
+
+def test_day_and_month_keys_are_the_shanghai_calendar_of_any_instant():
+    """day_of and month_of (formatted from the date, for speed) give exactly what
+    strftime on the Asia/Shanghai time gave, for instants in any offset — including
+    China's summer time of 1986–1991, the hours around midnight, and years before
+    1000, which strftime does not pad."""
+    import random
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from rules.alerts import SHANGHAI, day_of, month_of
+
+    rng = random.Random(7)
+    instants = [datetime(1986, 5, 3, 17, 30, tzinfo=UTC),   # summer time: +09:00
+                datetime(1991, 9, 14, 15, 0, tzinfo=UTC),
+                datetime(2025, 5, 31, 16, 0, tzinfo=UTC),   # Shanghai midnight
+                datetime(2025, 5, 31, 15, 59, 59, tzinfo=UTC),
+                datetime(999, 6, 1, tzinfo=UTC)]
+    start = datetime(1900, 1, 1, tzinfo=UTC)
+    for _ in range(20_000):
+        offset = timezone(timedelta(minutes=rng.randrange(-12 * 60, 14 * 60 + 1, 15)))
+        instants.append((start + timedelta(seconds=rng.randrange(200 * 365 * 86400)))
+                        .astimezone(offset))
+    for moment in instants:
+        local = moment.astimezone(SHANGHAI)
+        assert day_of(moment) == local.strftime("%Y-%m-%d"), moment
+        assert month_of(moment) == local.strftime("%Y-%m"), moment
+    assert day_of(instants[2]) == "2025-06-01" and day_of(instants[3]) == "2025-05-31"
+    assert (day_of(instants[4]), month_of(instants[4])) == ("999-06-01", "999-06")

@@ -71,7 +71,7 @@ from typing import Any
 from detectors.groups import bin_categories
 from detectors.standard import (LOG_UNITS, N, PAID, SY, CellFactors, Design, add,
                                 category_costs, cell_of, hmg_of, merge, pack, unpack)
-from rules.alerts import SHANGHAI, make_alert, month_window
+from rules.alerts import make_alert, month_of, month_window
 from rules.core import Param, Rule
 from streams.records import fen_to_yuan_str
 
@@ -79,8 +79,6 @@ TOP_STAYS = 10  # per pool and month: the dearest stays, for the auditor to pull
 REPORT_MONTHS = 24  # judged months kept for the structural-risk report
 
 
-def month_of(moment: datetime) -> str:
-    return moment.astimezone(SHANGHAI).strftime("%Y-%m")
 
 
 def month_ended(month: str, midnight: datetime) -> bool:
