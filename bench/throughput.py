@@ -73,8 +73,7 @@ def _run_in(checkout: Path, days: int, while_producing: bool) -> dict:
     flags = ["--while-producing"] if while_producing else []
     # This file, not the checkout's: an earlier commit's may not know the flag.
     done = subprocess.run([sys.executable, __file__, "--days", str(days), *flags],
-                          cwd=checkout,
-                          env=env, capture_output=True, text=True, check=True)
+                          cwd=checkout, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -58,8 +58,6 @@ MAX_LOOKBACK_MONTHS = 13  # the most any pool rule looks back (12 trailing month
 DEFAULT_KEEP_MONTHS = 25
 
 
-
-
 def empty_month() -> dict[str, int]:
     # i income, e expenditure, rev revenue (employer+individual+fiscal), out paid up to
     # the adjustment fund (positive), in drawn from it, s settlements (reversals too)

@@ -79,8 +79,6 @@ TOP_STAYS = 10  # per pool and month: the dearest stays, for the auditor to pull
 REPORT_MONTHS = 24  # judged months kept for the structural-risk report
 
 
-
-
 def month_ended(month: str, midnight: datetime) -> bool:
     return datetime.fromisoformat(month_window(month)["end"]) <= midnight
 
