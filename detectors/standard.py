@@ -231,7 +231,12 @@ class Fit:
 
     def predicted_fen(self, cell: str, target: str = "fund_paid") -> float:
         """The structural expectation of one stay of the cell, in fen."""
-        return math.exp(self.log_prediction(cell, target)) * self.smear[target]
+        return self.fen_of_log(self.log_prediction(cell, target), target)
+
+    def fen_of_log(self, log_prediction: float, target: str = "fund_paid") -> float:
+        """A stay's expectation in fen from its log prediction (smeared back: the mean
+        of exp is not exp of the mean), for callers that need both."""
+        return math.exp(log_prediction) * self.smear[target]
 
     def coefficients(self, target: str = "fund_paid") -> dict[str, float]:
         return {name: round(float(b), 6) for name, b in zip(self.columns, self.beta[target])}

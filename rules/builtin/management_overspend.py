@@ -219,9 +219,8 @@ class ManagementOverspend(Rule):
         groups: dict[str, list] = {}
         for cell, stats in mine["cells"].items():
             n, sy, paid = stats[N], stats[SY], stats[PAID]
-            # fit.predicted_fen(cell), from the one log prediction both need.
-            log_prediction = fit.log_prediction(cell)
-            expected = n * (math.exp(log_prediction) * fit.smear["fund_paid"])
+            log_prediction = fit.log_prediction(cell)  # once, for both sums
+            expected = n * fit.fen_of_log(log_prediction)
             nominal += expected
             residual += sy / LOG_UNITS - n * log_prediction
             group = groups.setdefault(hmg_of(cell, fit.bins), [0, 0.0, 0])
