@@ -50,6 +50,8 @@ import importlib
 import importlib.metadata
 import inspect
 import pkgutil
+import struct
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, MutableMapping
@@ -89,9 +91,42 @@ def partition_of(key: bytes, partitions: int) -> int:
     Memoised (the most recent 262,144 keys): murmur2 in Python costs microseconds,
     and the same keys come back with every record and every daily close.
     """
-    from aiokafka.partitioner import murmur2  # pure Python, no I/O: safe in the core
-
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+_MURMUR_M = 0x5BD1E995
+_WORDS = sys.byteorder == "little"  # murmur2 reads the key as little-endian words
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``), as
+    aiokafka's ``partitioner.murmur2`` computes it, about twice as fast: the words are
+    read four bytes at a time and only the products are masked. Every key that is not
+    in partition_of's cache passes here (each record's own id does), and the answer
+    must be Kafka's, or records land on another partition than Java clients send them.
+
+    >>> murmur2(b"person:P1"), murmur2(b"")
+    (1601883779, 275646681)
+    """
+    length = len(data)
+    whole = length & ~3
+    words = (memoryview(data)[:whole].cast("I") if _WORDS
+             else struct.unpack_from(f"<{length >> 2}I", data))
+    m, mask = _MURMUR_M, 0xFFFFFFFF
+    h = 0x9747B28C ^ length
+    for k in words:
+        k = (k * m) & mask
+        h = ((h * m) & mask) ^ (((k ^ (k >> 24)) * m) & mask)
+    extra = length & 3
+    if extra:
+        if extra == 3:
+            h ^= data[whole + 2] << 16
+        if extra >= 2:
+            h ^= data[whole + 1] << 8
+        h = ((h ^ data[whole]) * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    return h ^ (h >> 15)
 
 
 class RuleConfigError(ValueError):

@@ -763,3 +763,27 @@ def test_parse_is_never_looser_than_the_schema():
         else:
             assert schema_ok, rec
     assert stricter <= STRICTER_THAN_SCHEMA
+
+
+def test_events_are_built_by_their_slots_and_stay_frozen():
+    """records._slot_init replaces the dataclass __init__ for speed: the instance must
+    be the one the dataclass would build, and still refuse to be changed, since every
+    rule sees the same event."""
+    import dataclasses
+
+    event = parse(dumps(settlement(items=[{"category": "drug", "amount": "12345.60"}])))
+    values = {f.name: getattr(event, f.name) for f in dataclasses.fields(records.Settlement)}
+    assert records.Settlement(**values) == records.Settlement(*values.values()) == event
+    assert hash(records.Settlement(**values)) == hash(event)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.fund_paid_fen = 0
+    with pytest.raises(TypeError):
+        records.Settlement(*list(values.values())[:-1])
+    assert event.items == (records.Item("drug", 1234560, None),)
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class WithDefault:
+        a: int = 0
+
+    with pytest.raises(TypeError, match="no defaults"):
+        records._slot_init(WithDefault)
