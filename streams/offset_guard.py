@@ -174,9 +174,27 @@ def patch(topics: set[str]) -> None:
     async def seek_to_committed(self):
         committed = await original_seek_to_committed(self)
         guard = guard_of(self)
-        for tp, offset in committed.items():
-            if tp.topic in _PATCHED["topics"]:
-                guard.sought(tp, offset, time.monotonic())
+        mine = {tp: offset for tp, offset in committed.items()
+                if tp.topic in _PATCHED["topics"]}
+        # A partition the group never committed is read from its beginning
+        # (auto_offset_reset "earliest"): expect that offset, as the broker gives it
+        # now, or a consumer standing past its first records would go unseen.
+        never = [tp for tp, offset in mine.items() if offset is None or offset < 0]
+        if never:
+            try:
+                mine.update(await self.earliest_offsets(*never))
+            except Exception as exc:  # noqa: BLE001 - unguarded until its first record, as before
+                log.warning("the beginning of %s not known (%s: %s): their first records "
+                            "are not checked", never, type(exc).__name__, exc)
+        resumed = []
+        for tp, offset in sorted(mine.items()):
+            guard.sought(tp, offset, time.monotonic())
+            resumed.append(f"{tp.topic}[{tp.partition}]@{offset}"
+                           + (" (never committed: from the beginning)" if tp in never else ""))
+        if resumed:
+            # Where this worker takes each partition up: what an auditor asks first
+            # when a record seems missed or read twice across a hand-over.
+            log.info("resuming from the committed offsets: %s", ", ".join(resumed))
         return committed
 
     async def seek(self, partition, offset: int) -> None:

@@ -1,5 +1,6 @@
 """A worker whose consumer stands past the committed offset it has just been sought
-to, once per source partition — the fault seen at hand-overs that
+to (or past the partition's beginning, where nothing was committed), once per source
+partition — the fault seen at hand-overs that
 streams/offset_guard.py guards against, made to happen every time.
 
 Run as ``python -m tests.faulty_worker`` with the worker's environment. This is
@@ -20,9 +21,10 @@ _jumped: set = set()
 async def seek_to_committed(self, *partitions):
     committed = await _original(self, *partitions)
     for tp, offset in committed.items():
-        if tp.topic.endswith(".settlements") and offset and tp not in _jumped:
+        # No committed offset (None): the consumer would start at the beginning.
+        if tp.topic.endswith(".settlements") and tp not in _jumped:
             _jumped.add(tp)
-            self.seek(tp, offset + SKIP)
+            self.seek(tp, (offset or 0) + SKIP)
     return committed
 
 

@@ -81,3 +81,42 @@ async def read_changelog(settings, table: str) -> list[tuple[bytes, bytes | None
         return records
     finally:
         await consumer.stop()
+
+
+async def partition_positions(settings, topic: str) -> dict[int, tuple[int | None, int]]:
+    """For each partition of ``topic``: (the worker group's committed offset, the
+    number of records it holds, counted by reading). What a test's failure message
+    needs to tell "the group committed past records" from "no worker read them"."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
+                                group_id=settings.app_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        committed = {tp.partition: await consumer.committed(tp) for tp in parts}
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        held = dict.fromkeys(committed, 0)
+        while batches := await consumer.getmany(timeout_ms=500):
+            for tp, messages in batches.items():
+                held[tp.partition] = messages[-1].offset + 1
+        return {p: (committed[p], held[p]) for p in committed}
+    finally:
+        await consumer.stop()
+
+
+def worker_stacks(worker, log_path, wait_s: float = 2.0) -> str:
+    """Every thread's stack of a running worker, for a failure message about a worker
+    gone quiet: Faust's worker (mode.Worker) writes them to its log on SIGUSR1, if
+    its event loop is free to; nothing comes if the loop itself is blocked."""
+    import signal
+
+    if worker.poll() is not None:
+        return f"(the worker exited with {worker.returncode})"
+    before = log_path.stat().st_size
+    worker.send_signal(signal.SIGUSR1)
+    time.sleep(wait_s)
+    with open(log_path, "rb") as log:
+        log.seek(before)
+        return log.read().decode(errors="replace")

@@ -22,7 +22,7 @@ from infra.broker import kafka_client_options
 from rules.alerts import make_alert, month_window
 from sinks.store import AlertStore
 from streams.live import start_worker, stop_worker
-from tests.live_support import wait_until
+from tests.live_support import partition_positions, wait_until, worker_stacks
 
 pytestmark = pytest.mark.broker
 
@@ -143,9 +143,18 @@ def test_alerts_wait_out_a_store_outage_and_a_stop_during_it(live_settings, pg_s
         assert "alert_sink stage failed" in log.read_text()
 
         relay.restore()
-        second = start_worker(settings, tmp_path / "worker-2.log")
-        assert wait_until(lambda: store.count() == 4, 90), \
-            (tmp_path / "worker-2.log").read_text()[-3000:]
+        second_log = tmp_path / "worker-2.log"
+        second = start_worker(settings, second_log)
+        if not wait_until(lambda: store.count() == 4, 90):
+            # Once seen on a loaded CI machine: the second worker ready, then silent
+            # for 82 s. Say which it was: the group's offsets past the alerts (lost)
+            # or a worker that never read them, and what it was waiting on.
+            positions = asyncio.run(partition_positions(settings, settings.topic("alerts")))
+            pytest.fail(f"{store.count()} of 4 alerts stored; alerts partitions "
+                        f"(committed, records held): {positions}\n"
+                        f"--- second worker's log, last lines:\n"
+                        f"{second_log.read_text()[-3000:]}\n"
+                        f"--- its threads now:\n{worker_stacks(second, second_log)}")
         assert {a["alert_id"] for a in store.all()} == \
             {a["alert_id"] for a in [_alert("H440900001"), *during]}
     finally:

@@ -138,33 +138,49 @@ def test_the_worker_guards_every_topic_it_consumes_but_the_changelogs(live_setti
     assert Consumer.getmany.__module__ == "streams.offset_guard"
 
 
-def test_a_consumer_standing_past_the_committed_offset_is_sent_back(live_settings, tmp_path):
-    """A restarted worker whose consumer jumps SKIP records past each source
-    partition's committed offset (tests/faulty_worker.py) still admits every record:
-    the offset guard sees the jump and seeks back. Without the guard Faust counted
-    the skipped offsets as acknowledged and committed past them."""
+async def _accounted(settings, lines, expect):
+    """Produce ``lines`` (if any) and watch until ``expect`` records are accounted
+    for (120 s at most), then 2 s more: (reached, what was observed)."""
+    watcher = Watcher(settings)
+    await watcher.start()
+    if lines:
+        await produce(settings, lines)
+    ok = await watcher.until(lambda o: o.accounted >= expect, 120)
+    await watcher.until(lambda o: False, 2.0)
+    await watcher.stop()
+    return ok, watcher.observed
+
+
+def _faulty_worker(settings, log_path):
     import subprocess
     import sys
 
     from streams.live import settings_env
 
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "tests.faulty_worker"],
+                                env=settings_env(settings), stdout=log, stderr=log,
+                                stdin=subprocess.DEVNULL)
+
+
+def _assert_sent_back(log_path):
+    jumps = [line for line in log_path.read_text().splitlines()
+             if ".settlements[" in line and "seeking back" in line]
+    assert jumps, f"the injected jump did not happen (or was not seen): see {log_path}"
+
+
+def test_a_consumer_standing_past_the_committed_offset_is_sent_back(live_settings, tmp_path):
+    """A restarted worker whose consumer jumps SKIP records past each source
+    partition's committed offset (tests/faulty_worker.py) still admits every record:
+    the offset guard sees the jump and seeks back. Without the guard Faust counted
+    the skipped offsets as acknowledged and committed past them."""
     settings = live_settings
     lines = simulate(days=1, seed=5).events
     half = len(lines) // 2
 
-    async def run(lines, expect):
-        watcher = Watcher(settings)
-        await watcher.start()
-        if lines:
-            await produce(settings, lines)
-        ok = await watcher.until(lambda o: o.accounted >= expect, 120)
-        await watcher.until(lambda o: False, 2.0)
-        await watcher.stop()
-        return ok, watcher.observed
-
     worker = start_worker(settings, tmp_path / "worker.log")
     try:
-        ok, observed = asyncio.run(run(lines[:half], half))
+        ok, observed = asyncio.run(_accounted(settings, lines[:half], half))
         assert ok, f"{observed.accounted}/{half} accounted for before the restart"
     finally:
         stop_worker(worker)
@@ -172,16 +188,31 @@ def test_a_consumer_standing_past_the_committed_offset_is_sent_back(live_setting
     # past the committed offset lands inside the log.
     asyncio.run(produce(settings, lines[half:]))
     log_path = tmp_path / "faulty-worker.log"
-    with open(log_path, "ab") as log:
-        faulty = subprocess.Popen([sys.executable, "-m", "tests.faulty_worker"],
-                                  env=settings_env(settings), stdout=log, stderr=log,
-                                  stdin=subprocess.DEVNULL)
+    faulty = _faulty_worker(settings, log_path)
     try:
-        ok, observed = asyncio.run(run([], len(lines)))
+        ok, observed = asyncio.run(_accounted(settings, [], len(lines)))
     finally:
         stop_worker(faulty)
     assert ok, f"{observed.accounted}/{len(lines)} accounted for"
     assert observed.accounted == len(lines)
-    jumps = [line for line in log_path.read_text().splitlines()
-             if ".settlements[" in line and "seeking back" in line]
-    assert jumps, f"the injected jump did not happen (or was not seen): see {log_path}"
+    _assert_sent_back(log_path)
+
+
+def test_a_consumer_standing_past_a_partitions_beginning_is_sent_back(live_settings,
+                                                                      tmp_path):
+    """The same jump on partitions the group never committed (the first worker of a
+    new group; a partition that had no record until now): the guard expects the
+    log's beginning there. It used to take the first record delivered as the start,
+    and the SKIP records before it were never admitted."""
+    settings = live_settings
+    lines = simulate(days=1, seed=5).events
+    asyncio.run(produce(settings, lines))
+    log_path = tmp_path / "faulty-worker.log"
+    faulty = _faulty_worker(settings, log_path)
+    try:
+        ok, observed = asyncio.run(_accounted(settings, [], len(lines)))
+    finally:
+        stop_worker(faulty)
+    assert ok, f"{observed.accounted}/{len(lines)} accounted for"
+    assert observed.accounted == len(lines)
+    _assert_sent_back(log_path)
