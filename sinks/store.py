@@ -48,7 +48,7 @@ from typing import Any, Iterable
 
 import orjson
 from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text,
-                        create_engine, event, func, inspect, select, text)
+                        create_engine, event, func, inspect, make_url, select, text)
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
@@ -255,17 +255,40 @@ def check_region(region: str) -> str:
     return region
 
 
+# libpq: give up a connection attempt after 10 s; drop a connection whose sent data
+# goes unacknowledged for 60 s, or that is idle and answers no keepalive probe
+# (after 30 s, then every 10 s, 3 probes).
+PG_TIMEOUTS = {"connect_timeout": 10, "tcp_user_timeout": 60_000, "keepalives": 1,
+               "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
+IN_MEMORY = ("sqlite://", "sqlite:///:memory:")
+
+
+def store_engine(url: str):
+    """The SQLAlchemy engine for a store at ``url``."""
+    if url in IN_MEMORY:
+        # An in-memory database exists once per connection: every thread (the
+        # dispatcher's senders) must share the one connection to see the same store.
+        return create_engine(url, poolclass=StaticPool,
+                             connect_args={"check_same_thread": False})
+    if url.startswith("postgresql"):
+        # A database host that stops answering (no refusal, no reset) must come back
+        # as an error the sink logs and retries, not as a call that waits for ever
+        # with the alerts behind it: libpq's own timeouts, unless the URL sets them.
+        given = make_url(url).query
+        return create_engine(url, connect_args={k: v for k, v in PG_TIMEOUTS.items()
+                                                if k not in given})
+    return create_engine(url)
+
+
 class AlertStore:
     """The alerts, their sides' statuses and audit trail, and the notification outbox."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        memory = url in ("sqlite://", "sqlite:///:memory:")
-        # An in-memory database exists once per connection: every thread (the
-        # dispatcher's senders) must share the one connection to see the same store.
-        self.engine = (create_engine(url, poolclass=StaticPool,
-                                     connect_args={"check_same_thread": False})
-                       if memory else create_engine(url))
+        memory = url in IN_MEMORY
+        self.engine = store_engine(url)
         if self.engine.dialect.name == "sqlite":
 
             # Several processes (worker, demo, CLI) share the file: wait for locks

@@ -378,6 +378,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             return
         try:
             await app.consumer.fundwatch_unstick(STALL_AFTER_S)
+        except offset_guard.ConsumerStuck as exc:
+            stop_hard("fetch", exc)
         except Exception:  # noqa: BLE001 - a rebalance began meanwhile: next time
             log.debug("stall check skipped", exc_info=True)
 

@@ -39,8 +39,15 @@ log = logging.getLogger("fundwatch.worker")
 
 RESEEKS = 3  # seeks back to the same offset before a hole is taken to be the broker's
 MIN_ROUNDS = 3  # fetch rounds without a record before a partition counts as stalled
+UNANSWERED_AFTER_S = 30.0  # an active partition without a fetch answer this long is logged
+FETCHLESS_EXIT_S = 60.0  # ... and this long, the worker exits to be restarted (aiokafka
+# waits 40 s for any answer before it gives a request up)
 
 DELIVER, SEEK_BACK = "deliver", "seek back"
+
+
+class ConsumerStuck(RuntimeError):
+    """An assigned, unpaused partition has had no fetch answer for FETCHLESS_EXIT_S."""
 
 
 @dataclass
@@ -65,11 +72,13 @@ class ContiguousDelivery:
     # partition → (time, fetch round) it last delivered or was sought at
     moved_at: dict = field(default_factory=dict)
     rounds: int = 0  # fetch rounds begun: the consumer asked the broker for more
+    fetchless_since: dict = field(default_factory=dict)  # partition → time first seen so
 
     def sought(self, tp, offset: int | None, now: float = 0.0) -> None:
         """The partition was sought to ``offset`` (None: no committed offset yet —
         the first record delivered sets the expectation)."""
         self.moved_at[tp] = (now, self.rounds)
+        self.fetchless_since.pop(tp, None)
         if offset is None or offset < 0:
             self.expected.pop(tp, None)
         else:
@@ -79,6 +88,7 @@ class ContiguousDelivery:
         """The partition was revoked."""
         self.expected.pop(tp, None)
         self.moved_at.pop(tp, None)
+        self.fetchless_since.pop(tp, None)
 
     def stalled(self, tp, highwater: int | None, now: float, after_s: float) -> int | None:
         """The offset to seek ``tp`` back to if the broker holds records from the one
@@ -100,11 +110,47 @@ class ContiguousDelivery:
         want = self.expected.get(tp)
         if want is None or highwater is None or highwater <= want:
             return None
+        return None if self.quiet_for(tp, now, after_s) is None else want
+
+    def quiet_for(self, tp, now: float, after_s: float) -> float | None:
+        """Seconds since ``tp`` was sought or last delivered, if that is ``after_s`` or
+        more and MIN_ROUNDS fetch rounds have begun since; once per such period
+        (what the caller does about it — a seek — is not repeated at every check).
+        Also for a partition without a high-water mark: no fetch answer has come for
+        it at all (an empty partition's answer carries one).
+
+        >>> guard = ContiguousDelivery()
+        >>> guard.sought("alerts/0", 2, now=100.0)
+        >>> guard.rounds += MIN_ROUNDS
+        >>> guard.quiet_for("alerts/0", now=110.0, after_s=30.0)    # not yet
+        >>> guard.quiet_for("alerts/0", now=131.0, after_s=30.0)
+        31.0
+        >>> guard.quiet_for("alerts/0", now=132.0, after_s=30.0)    # once a period
+        """
         since, at_round = self.moved_at.get(tp, (now, self.rounds))
         if now - since < after_s or self.rounds - at_round < MIN_ROUNDS:
             return None
-        self.moved_at[tp] = (now, self.rounds)  # one seek per period
-        return want
+        self.moved_at[tp] = (now, self.rounds)
+        return now - since
+
+    def fetchless_for(self, tp, highwater: int | None, now: float) -> float:
+        """How long ``tp`` has gone without a single fetch answer since it was sought
+        (or first looked at), 0 once it has one (an empty partition's answer carries
+        a high-water mark too). Only asked of partitions assigned and not paused.
+
+        >>> guard = ContiguousDelivery()
+        >>> guard.sought("alerts/0", 0, now=100.0)
+        >>> guard.fetchless_for("alerts/0", None, now=100.0)
+        0.0
+        >>> guard.fetchless_for("alerts/0", None, now=160.0)
+        60.0
+        >>> guard.fetchless_for("alerts/0", 4, now=161.0)
+        0.0
+        """
+        if highwater is not None:
+            self.fetchless_since.pop(tp, None)
+            return 0.0
+        return now - self.fetchless_since.setdefault(tp, now)
 
     def check(self, tp, offset: int, now: float = 0.0) -> tuple[str, int | None]:
         self.moved_at[tp] = (now, self.rounds)
@@ -218,10 +264,30 @@ def patch(topics: set[str]) -> None:
             try:
                 highwater = self.highwater(tp)
             except Exception:  # noqa: BLE001 - no fetch answer yet
-                continue
+                highwater = None
             active = self._get_active_partitions()
             if tp not in active or tp in self._buffered_partitions:
+                guard.fetchless_since.pop(tp, None)  # not asked for: not unanswered
                 continue  # paused, or held back while its agent's buffer is full
+            # A worker "ready" that reads nothing must say so, and not for ever: seen
+            # once in CI (82 s of silence), and made to happen in
+            # tests/test_scale_out.py — aiokafka's fetcher waiting on an answer about
+            # one partition that never comes fetches from no partition of that
+            # broker. Nothing has been read, so nothing is lost by exiting; a
+            # restarted worker asks afresh.
+            fetchless = guard.fetchless_for(tp, highwater, now)
+            if fetchless >= FETCHLESS_EXIT_S:
+                raise ConsumerStuck(f"partition {tp.topic}[{tp.partition}]: no fetch "
+                                    f"answer in {fetchless:.0f} s though it is assigned "
+                                    f"and not paused")
+            if highwater is None:
+                quiet = guard.quiet_for(tp, now, UNANSWERED_AFTER_S)
+                if quiet is not None:
+                    log.warning("partition %s[%d]: no fetch answer for %.0f s and %d "
+                                "fetch rounds though it is assigned and not paused "
+                                "(the worker exits at %.0f s)", tp.topic, tp.partition,
+                                quiet, MIN_ROUNDS, FETCHLESS_EXIT_S)
+                continue
             want = guard.stalled(tp, highwater, now, after_s)
             if want is None:
                 continue

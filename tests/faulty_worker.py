@@ -1,17 +1,29 @@
-"""A worker whose consumer stands past the committed offset it has just been sought
-to (or past the partition's beginning, where nothing was committed), once per source
-partition — the fault seen at hand-overs that
+"""A worker with a fault injected into its real consumer (aiokafka), chosen by the
+environment variable ``FAULT``:
+
+``jump`` (the default): the consumer stands past the committed offset it has just
+been sought to (or past the partition's beginning, where nothing was committed),
+once per source partition — the fault seen at hand-overs that
 streams/offset_guard.py guards against, made to happen every time.
 
+``no_committed_answer``: the group coordinator never answers the consumer's own
+request for a partition's committed offset — the request aiokafka makes for a
+partition it has no position for (every partition, right after an assignment).
+Its fetcher waits for that answer with the broker marked busy, and fetches nothing
+from any partition of that broker.
+
 Run as ``python -m tests.faulty_worker`` with the worker's environment. This is
-fault injection into the real consumer (aiokafka's seek), not a stand-in: the
-broker, Faust and the worker are the real ones.
+fault injection into the real consumer, not a stand-in: the broker, Faust and the
+worker are the real ones.
 """
 from __future__ import annotations
 
+import asyncio
+import os
 import sys
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.consumer.subscription_state import TopicPartitionState
 
 SKIP = 3  # records per source partition the consumer jumps over
 _original = AIOKafkaConsumer.seek_to_committed
@@ -28,7 +40,21 @@ async def seek_to_committed(self, *partitions):
     return committed
 
 
-AIOKafkaConsumer.seek_to_committed = seek_to_committed
+def fetch_committed(self):
+    return asyncio.get_running_loop().create_future()  # never answered
+
+
+FAULT = os.environ.get("FAULT", "jump")
+if FAULT == "jump":
+    AIOKafkaConsumer.seek_to_committed = seek_to_committed
+elif FAULT == "no_committed_answer":
+    from streams import offset_guard
+
+    TopicPartitionState.fetch_committed = fetch_committed
+    # The worker's own limits, shortened so that the test sees it give up in seconds.
+    offset_guard.UNANSWERED_AFTER_S, offset_guard.FETCHLESS_EXIT_S = 3.0, 8.0
+else:
+    raise SystemExit(f"unknown FAULT {FAULT!r}")
 
 if __name__ == "__main__":
     from streams.cli import main

@@ -151,7 +151,7 @@ async def _accounted(settings, lines, expect):
     return ok, watcher.observed
 
 
-def _faulty_worker(settings, log_path):
+def _faulty_worker(settings, log_path, fault="jump"):
     import subprocess
     import sys
 
@@ -159,8 +159,8 @@ def _faulty_worker(settings, log_path):
 
     with open(log_path, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "tests.faulty_worker"],
-                                env=settings_env(settings), stdout=log, stderr=log,
-                                stdin=subprocess.DEVNULL)
+                                env={**settings_env(settings), "FAULT": fault},
+                                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
 
 
 def _assert_sent_back(log_path):
@@ -216,3 +216,38 @@ def test_a_consumer_standing_past_a_partitions_beginning_is_sent_back(live_setti
     assert ok, f"{observed.accounted}/{len(lines)} accounted for"
     assert observed.accounted == len(lines)
     _assert_sent_back(log_path)
+
+
+def test_a_worker_that_gets_no_fetch_answer_exits_and_its_successor_reads_all(
+        live_settings, tmp_path):
+    """aiokafka's fetcher asks the group coordinator for the committed offset of
+    every partition it has no position for, and fetches nothing from that broker
+    until the answer comes (tests/faulty_worker.py, FAULT=no_committed_answer: it
+    never comes). Such a worker said "ready" and then read nothing, silently: what
+    was seen once in CI. It now warns, partition by partition, and exits (code 70)
+    once a partition has had no fetch answer for FETCHLESS_EXIT_S, so that its
+    supervisor restarts it; the worker started after it reads every record."""
+    import subprocess
+
+    settings = live_settings
+    lines = simulate(days=1, seed=5).events
+    asyncio.run(produce(settings, lines))
+    log_path = tmp_path / "faulty-worker.log"
+    faulty = _faulty_worker(settings, log_path, fault="no_committed_answer")
+    try:
+        code = faulty.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        stop_worker(faulty)
+    log = log_path.read_text()
+    assert code == 70, f"the stuck worker did not exit (code {code}): see {log_path}"
+    assert "no fetch answer for" in log and "fetch stage failed" in log, log[-3000:]
+
+    worker = start_worker(settings, tmp_path / "worker.log")
+    try:
+        ok, observed = asyncio.run(_accounted(settings, [], len(lines)))
+    finally:
+        stop_worker(worker)
+    assert ok, f"{observed.accounted}/{len(lines)} accounted for"
+    assert observed.accounted == len(lines)

@@ -225,3 +225,41 @@ def test_migrations_run_down_and_up_again(tmp_path):
     store.upsert(_joint())
     assert len(store.sides(_joint()["alert_id"])) == 2
     store.dispose()
+
+
+def test_a_postgresql_host_that_stops_answering_is_an_error_not_a_wait(pg_schema_url):
+    """The live sink retries a store that fails and logs why; a store that never
+    answers would hold the alerts behind it with nothing in the log. libpq gets
+    timeouts (PG_TIMEOUTS) unless the URL sets its own."""
+    import socket
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    from sinks.store import PG_TIMEOUTS, store_engine
+
+    store = AlertStore(pg_schema_url)
+    try:
+        with store.engine.connect() as conn:
+            dsn = conn.connection.dbapi_connection.info.dsn
+    finally:
+        store.dispose()
+    for name, value in PG_TIMEOUTS.items():
+        assert f"{name}={value}" in dsn.split(), (name, dsn)
+
+    # A host that takes the connection and never says a word; the URL's own
+    # connect_timeout (2 s) wins over the default (10 s).
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    port = silent.getsockname()[1]
+    engine = store_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/test"
+                          "?connect_timeout=2")
+    try:
+        began = time.monotonic()
+        with pytest.raises(OperationalError, match="timeout"):
+            engine.connect()
+        assert 1.5 < time.monotonic() - began < 8
+    finally:
+        engine.dispose()
+        silent.close()
