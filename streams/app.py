@@ -380,8 +380,9 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             await app.consumer.fundwatch_unstick(STALL_AFTER_S)
         except offset_guard.ConsumerStuck as exc:
             stop_hard("fetch", exc)
-        except Exception:  # noqa: BLE001 - a rebalance began meanwhile: next time
-            log.debug("stall check skipped", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - a rebalance began meanwhile: next time
+            # Said, not hidden: a check that fails every time guards nothing.
+            log.warning("stall check skipped (%s: %s)", type(exc).__name__, exc)
 
     @app.timer(IDLE_CHECK_S)
     async def report_sources():

@@ -73,6 +73,7 @@ class ContiguousDelivery:
     moved_at: dict = field(default_factory=dict)
     rounds: int = 0  # fetch rounds begun: the consumer asked the broker for more
     fetchless_since: dict = field(default_factory=dict)  # partition → time first seen so
+    last_round: tuple = (0, 0.0)  # (rounds, time) when the count of rounds last moved
 
     def sought(self, tp, offset: int | None, now: float = 0.0) -> None:
         """The partition was sought to ``offset`` (None: no committed offset yet —
@@ -152,6 +153,47 @@ class ContiguousDelivery:
             return 0.0
         return now - self.fetchless_since.setdefault(tp, now)
 
+    def rounds_stopped_for(self, now: float, after_s: float) -> float | None:
+        """Seconds since the consumer last began a fetch round, if ``after_s`` or
+        more; once per such period. A consumer whose fetch loop stopped delivers
+        nothing, and the stall check (which counts rounds, so as not to take a busy
+        worker for a stalled one) would not say so.
+
+        >>> guard = ContiguousDelivery()
+        >>> guard.rounds_stopped_for(now=100.0, after_s=30.0)       # first look
+        >>> guard.rounds_stopped_for(now=131.0, after_s=30.0)
+        31.0
+        >>> guard.rounds_stopped_for(now=140.0, after_s=30.0)       # once a period
+        >>> guard.rounds += 1
+        >>> guard.rounds_stopped_for(now=175.0, after_s=30.0)       # it moved again
+        """
+        rounds, since = self.last_round
+        if rounds != self.rounds or since == 0.0:
+            self.last_round = (self.rounds, now)
+            return None
+        if now - since < after_s:
+            return None
+        self.last_round = (self.rounds, now)
+        return now - since
+
+    def skipped(self, tp, offset: int) -> None:
+        """Faust dropped the record at ``offset`` after it was delivered (the flow
+        was stopped, or it was fetched in an earlier generation); it is due again,
+        and the next record delivered, or the stall check, sends the partition back
+        to it. A seek to the committed offset (after a rebalance) overrides this.
+
+        >>> guard = ContiguousDelivery()
+        >>> guard.sought("settlements/0", 8)
+        >>> [guard.check("settlements/0", n) for n in (8, 9)]
+        [('deliver', None), ('deliver', None)]
+        >>> guard.skipped("settlements/0", 9); guard.skipped("settlements/0", 8)
+        >>> guard.check("settlements/0", 10)
+        ('seek back', 8)
+        """
+        want = self.expected.get(tp)
+        if want is None or offset < want:
+            self.expected[tp] = offset
+
     def check(self, tp, offset: int, now: float = 0.0) -> tuple[str, int | None]:
         self.moved_at[tp] = (now, self.rounds)
         want = self.expected.get(tp)
@@ -171,6 +213,18 @@ class ContiguousDelivery:
 
 
 _PATCHED: dict = {"done": False, "topics": set()}
+
+
+def _task_stacks(frames: int = 6) -> str:
+    """The innermost ``frames`` frames of every task on the running loop: where a
+    stalled fetch loop waits."""
+    import asyncio
+    import io
+
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=frames, file=out)
+    return out.getvalue()
 
 
 def patch(topics: set[str]) -> None:
@@ -220,6 +274,7 @@ def patch(topics: set[str]) -> None:
     async def seek_to_committed(self):
         committed = await original_seek_to_committed(self)
         guard = guard_of(self)
+        guard.last_round = (guard.rounds, time.monotonic())  # a rebalance ends here
         mine = {tp: offset for tp, offset in committed.items()
                 if tp.topic in _PATCHED["topics"]}
         # A partition the group never committed is read from its beginning
@@ -258,6 +313,10 @@ def patch(topics: set[str]) -> None:
         holds (see ContiguousDelivery.stalled)."""
         guard = guard_of(self)
         now = time.monotonic()
+        stopped = guard.rounds_stopped_for(now, UNANSWERED_AFTER_S)
+        if stopped is not None and self.flow_active:
+            log.warning("the consumer has begun no fetch round for %.0f s; its tasks:\n%s",
+                        stopped, _task_stacks())
         for tp in list(self.assignment()):
             if tp.topic not in _PATCHED["topics"]:
                 continue
@@ -268,6 +327,14 @@ def patch(topics: set[str]) -> None:
             active = self._get_active_partitions()
             if tp not in active or tp in self._buffered_partitions:
                 guard.fetchless_since.pop(tp, None)  # not asked for: not unanswered
+                want = guard.expected.get(tp)
+                if (highwater is not None and want is not None and highwater > want
+                        and guard.quiet_for(tp, now, UNANSWERED_AFTER_S) is not None):
+                    log.warning("partition %s[%d]: paused for %.0f s or more with records "
+                                "%d–%d waiting (%s)", tp.topic, tp.partition,
+                                UNANSWERED_AFTER_S, want, highwater - 1,
+                                "its agent's buffer is full" if tp in
+                                self._buffered_partitions else "paused by Faust")
                 continue  # paused, or held back while its agent's buffer is full
             # A worker "ready" that reads nothing must say so, and not for ever: seen
             # once in CI (82 s of silence), and made to happen in
@@ -315,6 +382,9 @@ def patch(topics: set[str]) -> None:
             if not message.acked:
                 message.acked = True  # nothing waits for it (Consumer.wait_empty)
                 self._unacked_messages.discard(message)
+                # Not processed: due again here too, in case no seek to the
+                # committed offset follows (the partition kept, the flow resumed).
+                guard_of(self).skipped(message.tp, message.offset)
             return False
         return original_ack(self, message)
 

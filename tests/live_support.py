@@ -52,11 +52,14 @@ async def run_through_worker(settings, worker, lines, expect_accounted, timeout_
     await watcher.until(lambda o: False, settle_s)
     await watcher.stop()
     observed = watcher.observed
+    positions = "" if ok else "; topics' partitions (committed, records held): " + str(
+        {name: await partition_positions(settings, settings.topic(name))
+         for name in ("settlements", "admit", "detect")})
     assert ok, (f"only {observed.accounted}/{expect_accounted} records accounted for "
                 f"(detect stage caught up: {observed.detect_caught_up}; flow per worker "
                 f"{ {w: f for w, (f, _) in observed.flow.items()} }), "
                 f"{len(observed.alerts)} alerts, days closed per partition {observed.closed} "
-                f"(due {due})")
+                f"(due {due}){positions}")
     return observed
 
 

@@ -78,12 +78,8 @@ def test_a_killed_worker_ends_with_the_same_books_and_pool_alerts(broker, tmp_pa
         # (its batches wait up to 0.5 s): stopped at once, the worker left the last
         # ones for its successor to store (seen: 2 of 21 missing on a loaded machine).
         # Wait for them first; an alert really lost still fails the check below.
-        waiting = AlertStore(settings.alert_store_url())
-        try:
-            wait_until(lambda: set(expected_alerts) <= {
-                a["alert_id"] for a in waiting.all()}, 60)
-        finally:
-            waiting.dispose()
+        store = AlertStore(settings.alert_store_url())
+        wait_until(lambda: set(expected_alerts) <= {a["alert_id"] for a in store.all()}, 60)
     finally:
         stop_worker(worker)
     if table_store == "rocksdb":
@@ -122,7 +118,6 @@ def test_a_killed_worker_ends_with_the_same_books_and_pool_alerts(broker, tmp_pa
         got = live_alerts[alert_id]
         assert orjson.dumps(got, option=orjson.OPT_SORT_KEYS) == \
             orjson.dumps(alert, option=orjson.OPT_SORT_KEYS), _differences(got, alert)
-    store = AlertStore(settings.alert_store_url())
     try:
         stored = [a for a in store.all() if a["rule_id"] in POOL_RULES]
         assert sorted(a["alert_id"] for a in stored) == sorted(expected_alerts)

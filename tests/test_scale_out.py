@@ -163,7 +163,16 @@ def _faulty_worker(settings, log_path, fault="jump"):
                                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
 
 
-def _assert_sent_back(log_path):
+def _jumping_worker_reads_all(settings, log_path, total: int) -> None:
+    """A worker whose consumer jumps past records (FAULT=jump) accounts for all
+    ``total`` records in the broker, having been seen to seek back."""
+    faulty = _faulty_worker(settings, log_path)
+    try:
+        ok, observed = asyncio.run(_accounted(settings, [], total))
+    finally:
+        stop_worker(faulty)
+    assert ok, f"{observed.accounted}/{total} accounted for"
+    assert observed.accounted == total
     jumps = [line for line in log_path.read_text().splitlines()
              if ".settlements[" in line and "seeking back" in line]
     assert jumps, f"the injected jump did not happen (or was not seen): see {log_path}"
@@ -187,15 +196,7 @@ def test_a_consumer_standing_past_the_committed_offset_is_sent_back(live_setting
     # The rest is in the broker before the next worker starts, so that the jump
     # past the committed offset lands inside the log.
     asyncio.run(produce(settings, lines[half:]))
-    log_path = tmp_path / "faulty-worker.log"
-    faulty = _faulty_worker(settings, log_path)
-    try:
-        ok, observed = asyncio.run(_accounted(settings, [], len(lines)))
-    finally:
-        stop_worker(faulty)
-    assert ok, f"{observed.accounted}/{len(lines)} accounted for"
-    assert observed.accounted == len(lines)
-    _assert_sent_back(log_path)
+    _jumping_worker_reads_all(settings, tmp_path / "faulty-worker.log", len(lines))
 
 
 def test_a_consumer_standing_past_a_partitions_beginning_is_sent_back(live_settings,
@@ -207,15 +208,7 @@ def test_a_consumer_standing_past_a_partitions_beginning_is_sent_back(live_setti
     settings = live_settings
     lines = simulate(days=1, seed=5).events
     asyncio.run(produce(settings, lines))
-    log_path = tmp_path / "faulty-worker.log"
-    faulty = _faulty_worker(settings, log_path)
-    try:
-        ok, observed = asyncio.run(_accounted(settings, [], len(lines)))
-    finally:
-        stop_worker(faulty)
-    assert ok, f"{observed.accounted}/{len(lines)} accounted for"
-    assert observed.accounted == len(lines)
-    _assert_sent_back(log_path)
+    _jumping_worker_reads_all(settings, tmp_path / "faulty-worker.log", len(lines))
 
 
 def test_a_worker_that_gets_no_fetch_answer_exits_and_its_successor_reads_all(
