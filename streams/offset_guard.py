@@ -27,7 +27,12 @@ transaction marker) comes back at the same place after the seek: after
 
 The third guard is on acknowledgements: Faust acks the events it skips while the
 flow is stopped or for an earlier generation, and its next commit passed them
-(see ``ack`` in :func:`patch`).
+(see ``ack`` in :func:`patch`); a skipped record is due again.
+
+And a consumer's silences are said, not left to look like a quiet stream: a
+partition with no fetch answer (the worker exits after FETCHLESS_EXIT_S, having
+read nothing, to be restarted), a fetch loop that stopped, a partition held paused
+with records waiting.
 """
 from __future__ import annotations
 
@@ -72,7 +77,7 @@ class ContiguousDelivery:
     # partition → (time, fetch round) it last delivered or was sought at
     moved_at: dict = field(default_factory=dict)
     rounds: int = 0  # fetch rounds begun: the consumer asked the broker for more
-    fetchless_since: dict = field(default_factory=dict)  # partition → time first seen so
+    fetchless_since: dict = field(default_factory=dict)  # partition → since when unanswered
     last_round: tuple = (0, 0.0)  # (rounds, time) when the count of rounds last moved
 
     def sought(self, tp, offset: int | None, now: float = 0.0) -> None:
