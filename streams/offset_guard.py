@@ -322,6 +322,7 @@ def patch(topics: set[str]) -> None:
         if stopped is not None and self.flow_active:
             log.warning("the consumer has begun no fetch round for %.0f s; its tasks:\n%s",
                         stopped, _task_stacks())
+        active = self._get_active_partitions()
         for tp in list(self.assignment()):
             if tp.topic not in _PATCHED["topics"]:
                 continue
@@ -329,7 +330,6 @@ def patch(topics: set[str]) -> None:
                 highwater = self.highwater(tp)
             except Exception:  # noqa: BLE001 - no fetch answer yet
                 highwater = None
-            active = self._get_active_partitions()
             if tp not in active or tp in self._buffered_partitions:
                 guard.fetchless_since.pop(tp, None)  # not asked for: not unanswered
                 want = guard.expected.get(tp)

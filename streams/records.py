@@ -180,7 +180,8 @@ def _slot_init(cls):
     if hasattr(cls, "__post_init__") or any(
             not f.init or f.default is not MISSING or f.default_factory is not MISSING
             for f in fields(cls)):
-        raise TypeError(f"{cls.__name__}: _slot_init takes no defaults or __post_init__")
+        raise TypeError(f"{cls.__name__}: _slot_init takes no defaults, init=False fields "
+                        "or __post_init__")
     setters = {f"_set_{name}": cls.__dict__[name].__set__ for name in names}
     source = (f"def __init__(self, {', '.join(names)}):\n"
               + "".join(f"    _set_{name}(self, {name})\n" for name in names))
