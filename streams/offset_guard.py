@@ -29,6 +29,11 @@ The third guard is on acknowledgements: Faust acks the events it skips while the
 flow is stopped or for an earlier generation, and its next commit passed them
 (see ``ack`` in :func:`patch`); a skipped record is due again.
 
+A record delivered must also reach its agent: the agents' queues are no longer
+emptied when Faust resumes a flow that was running (:func:`patch_flow_resume`),
+and a record delivered that is neither acknowledged nor anywhere in flight is
+fetched again (``ContiguousDelivery.vanished``, run by the same timer).
+
 And a consumer's silences are said, not left to look like a quiet stream: a
 partition with no fetch answer (the worker exits after FETCHLESS_EXIT_S, having
 read nothing, to be restarted), a fetch loop that stopped, a partition held paused
@@ -79,22 +84,117 @@ class ContiguousDelivery:
     rounds: int = 0  # fetch rounds begun: the consumer asked the broker for more
     fetchless_since: dict = field(default_factory=dict)  # partition → since when unanswered
     last_round: tuple = (0, 0.0)  # (rounds, time) when the count of rounds last moved
+    handing_over: tuple | None = None  # (partition, offset) the consumer is handing over
+    # partition → the offset after the last record its agent acknowledged (or the
+    # offset sought to): delivered records from here on are in flight or lost
+    acknowledged: dict = field(default_factory=dict)
+    acked_ahead: dict = field(default_factory=dict)  # partition → offsets acked past it
+    holes: dict = field(default_factory=dict)  # partition → {first: end} of holes accepted
+    # partition → (acknowledged, since, fetch round) while the record there,
+    # delivered, is neither acknowledged nor in flight
+    unaccounted: dict = field(default_factory=dict)
 
     def sought(self, tp, offset: int | None, now: float = 0.0) -> None:
         """The partition was sought to ``offset`` (None: no committed offset yet —
         the first record delivered sets the expectation)."""
         self.moved_at[tp] = (now, self.rounds)
         self.fetchless_since.pop(tp, None)
+        self.unaccounted.pop(tp, None)
+        self.acked_ahead.pop(tp, None)
+        self.holes.pop(tp, None)
         if offset is None or offset < 0:
             self.expected.pop(tp, None)
+            self.acknowledged.pop(tp, None)
         else:
             self.expected[tp] = offset
+            self.acknowledged[tp] = offset
 
     def forget(self, tp) -> None:
         """The partition was revoked."""
         self.expected.pop(tp, None)
         self.moved_at.pop(tp, None)
         self.fetchless_since.pop(tp, None)
+        self.acknowledged.pop(tp, None)
+        self.acked_ahead.pop(tp, None)
+        self.holes.pop(tp, None)
+        self.unaccounted.pop(tp, None)
+
+    def acked(self, tp, offset: int) -> None:
+        """An agent acknowledged the record at ``offset``: processed. Counted in
+        order: one acknowledged past a record that was not waits in ``acked_ahead``
+        until that one is (or is found lost, see :meth:`vanished`); a hole the
+        log really has counts as acknowledged.
+
+        >>> guard = ContiguousDelivery()
+        >>> guard.sought("admit/0", 5)
+        >>> guard.check("admit/0", 5), guard.acked("admit/0", 5)
+        (('deliver', None), None)
+        >>> [guard.check("admit/0", 9) for _ in range(RESEEKS + 1)][-1]   # 6–8: no such
+        ('deliver', None)
+        >>> guard.acked("admit/0", 9); guard.acknowledged["admit/0"]
+        10
+        """
+        done = self.acknowledged.get(tp)
+        if done is None or offset < done:
+            return
+        if offset > done:
+            self.acked_ahead.setdefault(tp, set()).add(offset)
+            return
+        self._settle(tp, done + 1)
+
+    def _settle(self, tp, done: int) -> None:
+        """Acknowledged to ``done``, and on past the offsets acknowledged ahead and
+        the holes accepted that follow it."""
+        ahead, holes = self.acked_ahead.get(tp, ()), self.holes.get(tp, {})
+        while done in ahead or done in holes:
+            if done in holes:
+                done = holes.pop(done)
+            else:
+                ahead.remove(done)
+                done += 1
+        self.acknowledged[tp] = done
+
+    def vanished(self, tp, first_in_flight: int | None, now: float,
+                 after_s: float) -> int | None:
+        """The offset to seek ``tp`` back to if the first record delivered and not
+        acknowledged is not in flight either (handed over, in an agent's queue, or
+        taken up by a stream: ``first_in_flight`` is the lowest such offset), and
+        that has held for ``after_s`` and MIN_ROUNDS fetch rounds. It was lost
+        between the consumer and its agent, and no fetch brings it again before
+        a rebalance (it is not committed: the next owner reads it). Faust has had
+        two such paths here (a read offset left too high; the agents' queues
+        cleared at a resume, see :func:`patch_flow_resume`); this catches the next.
+
+        >>> guard = ContiguousDelivery()
+        >>> guard.sought("settlements/0", 8, now=100.0)
+        >>> [guard.check("settlements/0", n) for n in range(8, 13)][-1]
+        ('deliver', None)
+        >>> guard.acked("settlements/0", 8); guard.acked("settlements/0", 11)
+        >>> guard.vanished("settlements/0", 9, now=101.0, after_s=5.0)   # in flight
+        >>> guard.vanished("settlements/0", 12, now=102.0, after_s=5.0)  # 9, 10 lost?
+        >>> guard.rounds += MIN_ROUNDS
+        >>> guard.vanished("settlements/0", 12, now=106.0, after_s=5.0)  # not yet
+        >>> guard.vanished("settlements/0", 12, now=107.0, after_s=5.0)
+        9
+        >>> guard.acked("settlements/0", 9); guard.acked("settlements/0", 10)
+        >>> guard.acknowledged["settlements/0"]                          # 11 counted too
+        12
+        >>> guard.vanished("settlements/0", 12, now=120.0, after_s=5.0)
+        """
+        want, done = self.expected.get(tp), self.acknowledged.get(tp)
+        if (want is None or done is None or done >= want
+                or first_in_flight is not None and first_in_flight <= done):
+            self.unaccounted.pop(tp, None)
+            return None
+        seen = self.unaccounted.get(tp)
+        if seen is None or seen[0] != done:
+            self.unaccounted[tp] = (done, now, self.rounds)
+            return None
+        _, since, at_round = seen
+        if now - since < after_s or self.rounds - at_round < MIN_ROUNDS:
+            return None
+        del self.unaccounted[tp]
+        return done
 
     def stalled(self, tp, highwater: int | None, now: float, after_s: float) -> int | None:
         """The offset to seek ``tp`` back to if the broker holds records from the one
@@ -211,13 +311,61 @@ class ContiguousDelivery:
                       "times; deleted by retention or compaction?): going on from %d",
                       tp, want, offset - 1, RESEEKS, offset)
             del self.reseeks[key]
+            # Nothing there to acknowledge: counted done when the records before are.
+            self.holes.setdefault(tp, {})[want] = offset
+            if tp in self.acknowledged:
+                self._settle(tp, self.acknowledged[tp])
         elif want is not None and offset == want:
             self.reseeks.pop((tp, want), None)
+        elif want is None:
+            self.acknowledged.setdefault(tp, offset)
         self.expected[tp] = offset + 1
         return DELIVER, None
 
 
 _PATCHED: dict = {"done": False, "topics": set()}
+
+
+def patch_flow_resume() -> None:
+    """Resume the flow into the agents' queues clearing them only if it was
+    suspended (idempotent).
+
+    mode's FlowControlEvent.resume always clears them, and at the end of a recovery
+    Faust resumes a flow already running since the recovery began, after resuming
+    the stream partitions and seeking them to their committed offsets. Records
+    delivered to the queues in between were dropped there: not skipped, not
+    acknowledged, never fetched again by this worker, committed by no one. Seen in
+    tests/test_ledger_retention.py's restart (records 8–10 of a partition
+    delivered after the seek, then gone: the guard had seen them delivered, so the
+    stall check saw nothing) and test_joint_review.py's, about one run in five
+    under load. A suspended flow is cleared as before: what the queues hold then
+    was fetched before a rebalance, and the seek to the committed offsets that
+    follows delivers it again.
+
+    >>> from mode.utils.queues import FlowControlEvent, FlowControlQueue
+    >>> patch_flow_resume()
+    >>> flow = FlowControlEvent()                  # suspended, as Faust starts it
+    >>> queue = FlowControlQueue(flow_control=flow, clear_on_resume=True)
+    >>> flow.resume(); queue.put_nowait("settlements[0]@8")
+    >>> flow.resume(); queue.qsize()               # running: kept
+    1
+    >>> flow.suspend(); flow.resume(); queue.qsize()   # after a rebalance: cleared
+    0
+    """
+    from mode.utils.queues import FlowControlEvent
+
+    if getattr(FlowControlEvent, "_fundwatch_resume", False):
+        return
+    original_resume = FlowControlEvent.resume
+
+    def resume(self) -> None:
+        if self.is_active():
+            self._resume.set()
+            return
+        original_resume(self)
+
+    FlowControlEvent.resume = resume
+    FlowControlEvent._fundwatch_resume = True
 
 
 def _task_stacks(frames: int = 6) -> str:
@@ -258,6 +406,7 @@ def patch(topics: set[str]) -> None:
         guarded = _PATCHED["topics"]
         held: set = set()  # partitions sought back: the rest of this fetch is stale
         guard.rounds += 1
+        guard.handing_over = None
         async for tp, message in original_getmany(self, timeout):
             if tp.topic not in guarded:
                 yield tp, message
@@ -287,7 +436,9 @@ def patch(topics: set[str]) -> None:
                             "%d and would drop it; delivering it", tp.topic,
                             tp.partition, due, read)
                 self._read_offset[tp] = due
+            guard.handing_over = (tp, message.offset)  # until the drain loop asks again
             yield tp, message
+            guard.handing_over = None
 
     async def seek_to_committed(self):
         committed = await original_seek_to_committed(self)
@@ -328,7 +479,8 @@ def patch(topics: set[str]) -> None:
 
     async def unstick(self, after_s: float) -> None:
         """Seek back every guarded partition that stalled past records the broker
-        holds (see ContiguousDelivery.stalled)."""
+        holds (see ContiguousDelivery.stalled), or delivered a record that then
+        vanished before its agent acknowledged it (ContiguousDelivery.vanished)."""
         guard = guard_of(self)
         now = time.monotonic()
         stopped = guard.rounds_stopped_for(now, UNANSWERED_AFTER_S)
@@ -336,6 +488,7 @@ def patch(topics: set[str]) -> None:
             log.warning("the consumer has begun no fetch round for %.0f s; its tasks:\n%s",
                         stopped, _task_stacks())
         active = self._get_active_partitions()
+        in_flight = self.fundwatch_in_flight()
         for tp in list(self.assignment()):
             if tp.topic not in _PATCHED["topics"]:
                 continue
@@ -373,6 +526,15 @@ def patch(topics: set[str]) -> None:
                                 "(the worker exits at %.0f s)", tp.topic, tp.partition,
                                 quiet, MIN_ROUNDS, FETCHLESS_EXIT_S)
                 continue
+            lost_from = guard.vanished(tp, in_flight.get(tp), now, after_s)
+            if lost_from is not None:
+                log.warning("partition %s[%d]: record %d was delivered and is neither "
+                            "acknowledged nor in flight (lost between the consumer and "
+                            "its agent); seeking back to it, the records after it are "
+                            "delivered again", tp.topic, tp.partition, lost_from)
+                await self.seek_wait({tp: lost_from})
+                guard.sought(tp, lost_from, time.monotonic())
+                continue
             want = guard.stalled(tp, highwater, now, after_s)
             if want is None:
                 continue
@@ -381,6 +543,29 @@ def patch(topics: set[str]) -> None:
                         "seeking back to %d", tp.topic, tp.partition, after_s, MIN_ROUNDS,
                         want, highwater, want)
             await self.seek_wait({tp: want})
+
+    def in_flight(self) -> dict:
+        """Partition → the lowest offset somewhere between the consumer and its
+        agent's acknowledgement: being handed over, in an agent's queue, or taken
+        up by a stream and not acknowledged yet."""
+        first: dict = {}
+
+        def note(tp, offset):
+            if offset < first.get(tp, offset + 1):
+                first[tp] = offset
+        for message in list(self._unacked_messages):
+            if not message.acked:
+                note(message.tp, message.offset)
+        handing_over = guard_of(self).handing_over
+        if handing_over is not None:
+            note(*handing_over)
+        channels = {id(c): c for cs in list(self.app.topics._tp_index.values()) for c in cs}
+        for channel in channels.values():
+            for event in list(channel.queue._queue):
+                message = getattr(event, "message", None)
+                if message is not None:
+                    note(message.tp, message.offset)
+        return first
 
     original_ack = Consumer.ack
 
@@ -393,9 +578,10 @@ def patch(topics: set[str]) -> None:
         a worker's stop. Refused, the message is read again from the committed
         offset by whoever owns the partition next (what was processed in that window
         comes back as a redelivery, which every stage handles)."""
+        if message.topic not in _PATCHED["topics"]:
+            return original_ack(self, message)
         app = self.app
-        if message.topic in _PATCHED["topics"] and not (
-                app.flow_control.is_active()
+        if not (app.flow_control.is_active()
                 and getattr(message, "generation_id", None) == app.consumer_generation_id):
             if not message.acked:
                 message.acked = True  # nothing waits for it (Consumer.wait_empty)
@@ -404,10 +590,13 @@ def patch(topics: set[str]) -> None:
                 # committed offset follows (the partition kept, the flow resumed).
                 guard_of(self).skipped(message.tp, message.offset)
             return False
+        guard_of(self).acked(message.tp, message.offset)
         return original_ack(self, message)
 
+    patch_flow_resume()
     Consumer.ack = ack
     Consumer.fundwatch_unstick = unstick
+    Consumer.fundwatch_in_flight = in_flight
     Consumer.getmany = getmany
     driver.Consumer.seek_to_committed = seek_to_committed
     Consumer.seek = seek

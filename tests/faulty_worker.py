@@ -12,6 +12,11 @@ partition it has no position for (every partition, right after an assignment).
 Its fetcher waits for that answer with the broker marked busy, and fetches nothing
 from any partition of that broker.
 
+``lost_in_queue``: once the worker is ready, the first SKIP records of each
+source partition handed to the agents' queues are not put there — records
+delivered by the consumer that never reach their agent, as when Faust cleared the
+queues at the end of a recovery (streams/offset_guard.py, ``patch_flow_resume``).
+
 Run as ``python -m tests.faulty_worker`` with the worker's environment. This is
 fault injection into the real consumer, not a stand-in: the broker, Faust and the
 worker are the real ones.
@@ -24,6 +29,7 @@ import sys
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer.subscription_state import TopicPartitionState
+from mode.utils.queues import FlowControlQueue
 
 SKIP = 3  # records per source partition the consumer jumps over
 _original = AIOKafkaConsumer.seek_to_committed
@@ -44,6 +50,20 @@ def fetch_committed(self):
     return asyncio.get_running_loop().create_future()  # never answered
 
 
+_lost: dict = {}
+_put = FlowControlQueue.put_nowait_enhanced
+
+
+def put_nowait_enhanced(self, value, **kwargs):
+    message, app = getattr(value, "message", None), getattr(value, "app", None)
+    if (message is not None and message.topic.endswith(".settlements")
+            and app is not None and not app.rebalancing
+            and _lost.get(message.tp, 0) < SKIP):
+        _lost[message.tp] = _lost.get(message.tp, 0) + 1
+        return False  # as if the queue had been cleared under it
+    return _put(self, value, **kwargs)
+
+
 FAULT = os.environ.get("FAULT", "jump")
 if FAULT == "jump":
     AIOKafkaConsumer.seek_to_committed = seek_to_committed
@@ -53,6 +73,8 @@ elif FAULT == "no_committed_answer":
     TopicPartitionState.fetch_committed = fetch_committed
     # The worker's own limits, shortened so that the test sees it give up in seconds.
     offset_guard.UNANSWERED_AFTER_S, offset_guard.FETCHLESS_EXIT_S = 3.0, 8.0
+elif FAULT == "lost_in_queue":
+    FlowControlQueue.put_nowait_enhanced = put_nowait_enhanced
 else:
     raise SystemExit(f"unknown FAULT {FAULT!r}")
 
