@@ -593,7 +593,32 @@ def patch(topics: set[str]) -> None:
         guard_of(self).acked(message.tp, message.offset)
         return original_ack(self, message)
 
+    original_new_offset = Consumer._new_offset
+
+    def new_offset(self, tp) -> int | None:
+        """The offset to commit: the guard's count of records acknowledged in
+        order, never past one that was not. Faust's own (``_new_offset``) passes an
+        unacknowledged record at the head of a partition whenever the partition
+        has no committed offset (or 0), and one such record anywhere (it checks
+        ``min(acked) - committed > 1``): a record lost on its way to the agent was
+        committed past, and lost for good if the worker stopped before the stall
+        check fetched it again (tests/test_scale_out.py). Faust's acknowledged
+        offsets below the count are dropped as its own commit would."""
+        done = guard_of(self).acknowledged.get(tp)
+        if tp.topic not in _PATCHED["topics"] or done is None:
+            return original_new_offset(self, tp)
+        acked = self._acked[tp]
+        below = [offset for offset in acked if offset < done]
+        if below:
+            acked[:] = [offset for offset in acked if offset >= done]
+            self._acked_index[tp].difference_update(below)
+        gap = self._gap.get(tp)
+        if gap:
+            gap.chop(0, done)
+        return done
+
     patch_flow_resume()
+    Consumer._new_offset = new_offset
     Consumer.ack = ack
     Consumer.fundwatch_unstick = unstick
     Consumer.fundwatch_in_flight = in_flight

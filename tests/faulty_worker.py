@@ -17,6 +17,9 @@ source partition handed to the agents' queues are not put there — records
 delivered by the consumer that never reach their agent, as when Faust cleared the
 queues at the end of a recovery (streams/offset_guard.py, ``patch_flow_resume``).
 
+``lost_in_queue_unhealed``: the same, with the stall check's search for such
+records switched off: what is committed must stay short of them.
+
 Run as ``python -m tests.faulty_worker`` with the worker's environment. This is
 fault injection into the real consumer, not a stand-in: the broker, Faust and the
 worker are the real ones.
@@ -73,8 +76,12 @@ elif FAULT == "no_committed_answer":
     TopicPartitionState.fetch_committed = fetch_committed
     # The worker's own limits, shortened so that the test sees it give up in seconds.
     offset_guard.UNANSWERED_AFTER_S, offset_guard.FETCHLESS_EXIT_S = 3.0, 8.0
-elif FAULT == "lost_in_queue":
+elif FAULT in ("lost_in_queue", "lost_in_queue_unhealed"):
     FlowControlQueue.put_nowait_enhanced = put_nowait_enhanced
+    if FAULT == "lost_in_queue_unhealed":
+        from streams.offset_guard import ContiguousDelivery
+
+        ContiguousDelivery.vanished = lambda *args, **kwargs: None
 else:
     raise SystemExit(f"unknown FAULT {FAULT!r}")
 
