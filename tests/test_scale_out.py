@@ -238,12 +238,13 @@ def test_records_lost_on_the_way_to_the_agent_are_not_committed_past(live_settin
     settings = live_settings
     lines = simulate(days=1, seed=5).events
     asyncio.run(produce(settings, lines))
-    lost = 3 * 2  # faulty_worker.SKIP records of each of the two source partitions
+    lost = 3 * settings.partitions  # faulty_worker.SKIP per settlements partition
     faulty = _faulty_worker(settings, tmp_path / "faulty-worker.log",
                             fault="lost_in_queue_unhealed")
     try:
         ok, observed = asyncio.run(_accounted(settings, [], len(lines) - lost))
         assert ok, f"{observed.accounted}/{len(lines) - lost} accounted for"
+        assert observed.accounted == len(lines) - lost, "the injected loss did not happen"
         time.sleep(4)  # past a commit interval (2.8 s): it commits what it may
     finally:
         stop_worker(faulty)
