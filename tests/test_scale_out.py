@@ -163,17 +163,22 @@ def _faulty_worker(settings, log_path, fault="jump"):
                                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
 
 
+def _reads_all(settings, worker, total: int) -> None:
+    """``worker`` (a process just started) accounts for all ``total`` records in
+    the broker; it is stopped after."""
+    try:
+        ok, observed = asyncio.run(_accounted(settings, [], total))
+    finally:
+        stop_worker(worker)
+    assert ok, f"{observed.accounted}/{total} accounted for"
+    assert observed.accounted == total
+
+
 def _faulty_worker_reads_all(settings, log_path, total: int, fault="jump") -> None:
     """A worker with ``fault`` injected (one that loses records: FAULT=jump or
     lost_in_queue) accounts for all ``total`` records in the broker, having been
     seen to seek back."""
-    faulty = _faulty_worker(settings, log_path, fault)
-    try:
-        ok, observed = asyncio.run(_accounted(settings, [], total))
-    finally:
-        stop_worker(faulty)
-    assert ok, f"{observed.accounted}/{total} accounted for"
-    assert observed.accounted == total
+    _reads_all(settings, _faulty_worker(settings, log_path, fault), total)
     jumps = [line for line in log_path.read_text().splitlines()
              if ".settlements[" in line and "seeking back" in line]
     assert jumps, f"the injected fault did not happen (or was not seen): see {log_path}"
@@ -248,13 +253,7 @@ def test_records_lost_on_the_way_to_the_agent_are_not_committed_past(live_settin
         time.sleep(4)  # past a commit interval (2.8 s): it commits what it may
     finally:
         stop_worker(faulty)
-    worker = start_worker(settings, tmp_path / "worker.log")
-    try:
-        ok, observed = asyncio.run(_accounted(settings, [], len(lines)))
-    finally:
-        stop_worker(worker)
-    assert ok, f"{observed.accounted}/{len(lines)} accounted for"
-    assert observed.accounted == len(lines)
+    _reads_all(settings, start_worker(settings, tmp_path / "worker.log"), len(lines))
 
 
 def test_a_worker_that_gets_no_fetch_answer_exits_and_its_successor_reads_all(
@@ -283,10 +282,4 @@ def test_a_worker_that_gets_no_fetch_answer_exits_and_its_successor_reads_all(
     assert code == 70, f"the stuck worker did not exit (code {code}): see {log_path}"
     assert "no fetch answer for" in log and "fetch stage failed" in log, log[-3000:]
 
-    worker = start_worker(settings, tmp_path / "worker.log")
-    try:
-        ok, observed = asyncio.run(_accounted(settings, [], len(lines)))
-    finally:
-        stop_worker(worker)
-    assert ok, f"{observed.accounted}/{len(lines)} accounted for"
-    assert observed.accounted == len(lines)
+    _reads_all(settings, start_worker(settings, tmp_path / "worker.log"), len(lines))
