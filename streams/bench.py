@@ -9,7 +9,13 @@ Phases, each with its own topics, consumer group and worker processes:
 2. latency — a fresh worker is started and warmed up, then the stream is produced
    at half the rate phase 1 sustained; latency per record = last stage done −
    producer timestamp, reported by the worker as p50/p99.
-3. scale-out (not with ``--quick``) — one worker, then two in one consumer group,
+3. the detection core alone — the replay driver (``streams.offline``) over the
+   records of phase 1, in this process, no broker: validation, admission, every
+   rule and detector, the daily closes. ``live_to_core_ratio`` is phase 1's rate
+   over this one: how near the live path comes to what its own detection costs,
+   i.e. whether delivering records (Kafka, Faust, the hops between stages) or
+   judging them limits the next step;
+4. scale-out (not with ``--quick``) — one worker, then two in one consumer group,
    each set started and seen sharing the source partitions before the stream is
    produced; ``two_workers_ratio`` is the second rate over the first.
 
@@ -20,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -30,10 +38,11 @@ from aiokafka import AIOKafkaConsumer
 
 from infra.broker import EmbeddedBroker, ensure_topics
 from infra.config import Settings
-from streams.live import (Watcher, cpu_seconds, peak_rss_mb, produce, start_worker,
-                          stop_worker)
+from streams import heap
+from streams.app import load_registry
+from streams.live import Watcher, cpu_seconds, peak_rss_mb, produce, start_worker, stop_worker
+from streams.replay import replay_pipeline
 from streams.simulate import simulate
-
 
 SETTLE_S = 3.0  # a group seen sharing its partitions must stay so this long
 
@@ -63,6 +72,31 @@ async def raw_consumer_rate(settings: Settings, total: int) -> float:
     finally:
         await consumer.stop()
     return n / (time.perf_counter() - first)
+
+
+def core_rate(settings: Settings, events: list[bytes]) -> dict:
+    """The detection core alone over ``events``: the replay driver, with the rules,
+    registry and partition count a worker of ``settings`` has, the collector set as
+    a worker sets it (``heap.settled``), no broker. The live driver calls the same
+    code per record, so the live worker's rate cannot pass this one.
+
+    >>> from streams.simulate import simulate
+    >>> events = simulate(days=1, seed=11).events
+    >>> core = core_rate(Settings(partitions=4), events)
+    >>> core["records"] == len(events) == sum(core["outcomes"].values())
+    True
+    >>> core["events_per_s"] > 0 and core["cpu_us_per_record"] > 0
+    True
+    """
+    pipeline = replay_pipeline(settings, load_registry(settings))
+    with heap.settled():
+        wall, cpu = time.perf_counter(), time.process_time()
+        outcomes = Counter(pipeline.feed(line, source=f"line/{n}", offset=n)
+                           for n, line in enumerate(events, 1))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"records": len(events), "events_per_s": len(events) / wall,
+            "cpu_us_per_record": cpu / len(events) * 1e6, "outcomes": dict(outcomes),
+            "alerts": len(pipeline.alerts)}
 
 
 async def _until_accounted(watcher: Watcher, worker, total: int, timeout_s: float):
@@ -107,12 +141,15 @@ async def _throughput(settings: Settings, events: list[bytes], out: Path) -> dic
             "peak_rss_mb": rss}
 
 
-async def _scale(settings: Settings, events: list[bytes], workers: int, out: Path
-                 ) -> tuple[float, float | None]:
+async def _scale(settings: Settings, events: list[bytes], workers: int, out: Path,
+                 broker: subprocess.Popen | None = None) -> dict:
     """Records/s with ``workers`` workers in one consumer group, each started and
     settled in the group before the stream is produced (as fast as the producer
-    goes), so that no rebalance falls inside the measured time; and the workers'
-    CPU time per record, in µs (None where /proc cannot tell)."""
+    goes), so that no rebalance falls inside the measured time; the workers' CPU
+    time per record, in µs; and how many cores were busy meanwhile, and with what:
+    the workers, the broker, and this process (the producer and the watcher). On a
+    machine of two cores those three share them, so a ratio below 2× with the
+    workers' CPU per record unchanged is the cores' doing, not the workers'."""
     watcher = Watcher(settings)
     await watcher.start()
     procs = [start_worker(settings, out / f"worker-scale{workers}-{n}.log")
@@ -132,10 +169,10 @@ async def _scale(settings: Settings, events: list[bytes], workers: int, out: Pat
         await watcher.until(lambda o: False, SETTLE_S)  # and it stays so
         if not shared_out(watcher.observed):
             raise RuntimeError(f"the group rebalanced again: {watcher.observed.shares()}")
-        cpu_before = [cpu_seconds(proc) for proc in procs]
+        before = _cpu_now(procs, broker)
         produced = asyncio.create_task(produce(settings, events[1:], in_step_s=None))
         first, last = await _until_accounted(watcher, procs[0], len(events), 1800)
-        cpu_after = [cpu_seconds(proc) for proc in procs]
+        after = _cpu_now(procs, broker)
         await produced
     finally:
         for proc in procs:
@@ -144,8 +181,21 @@ async def _scale(settings: Settings, events: list[bytes], workers: int, out: Pat
     # The workers' CPU for the stream (and a second or so of their idling after it):
     # whether n workers do the work of one, apart from what the cores they share
     # with the broker and the producer allow them.
-    used = None if None in cpu_before + cpu_after else sum(cpu_after) - sum(cpu_before)
-    return (len(events) - 1) / (last - first), used and used / (len(events) - 1) * 1e6
+    used = {k: None if None in (before[k], after[k]) else after[k] - before[k]
+            for k in before if k != "wall"}
+    wall = after["wall"] - before["wall"]
+    return {"events_per_s": (len(events) - 1) / (last - first),
+            "cpu_us_per_record": used["workers"] and used["workers"] / (len(events) - 1) * 1e6,
+            "cores_busy": {k: v and round(v / wall, 2) for k, v in used.items()}}
+
+
+def _cpu_now(workers: list[subprocess.Popen], broker: subprocess.Popen | None) -> dict:
+    """CPU seconds used so far by the workers (summed; None if /proc cannot tell),
+    the broker and this process, and the wall clock beside them."""
+    cpus = [cpu_seconds(proc) for proc in workers]
+    return {"workers": None if None in cpus else sum(cpus),
+            "broker": broker and cpu_seconds(broker), "bench": time.process_time(),
+            "wall": time.perf_counter()}
 
 
 async def _latency(settings: Settings, events: list[bytes], rate: float, out: Path) -> dict:
@@ -186,7 +236,12 @@ def run_bench(quick: bool = False, table_store: str = "memory") -> dict:
         t = asyncio.run(_throughput(s1, events, out))
         lat_events = events[: max(200, int(t["events_per_s"] * (5 if quick else 20)))]
         lat = asyncio.run(_latency(s2, lat_events, t["events_per_s"] / 2, out))
-        scale, cpu = {}, {}
+        core = core_rate(s1, events)
+        _say(f"detection core alone (the replay driver, no broker): "
+             f"{core['events_per_s']:,.0f} records/s, {core['cpu_us_per_record']:,.0f} µs "
+             f"of CPU per record; the live worker reached "
+             f"{t['events_per_s'] / core['events_per_s']:.2f} of it")
+        scale, cpu, busy = {}, {}, {}
         if not quick:
             # One and two workers, side by side, the same protocol: the ratio is the
             # scale-out figure (2 cores: the broker and the producer share them).
@@ -198,11 +253,14 @@ def run_bench(quick: bool = False, table_store: str = "memory") -> dict:
             for workers in (1, 2):
                 s = _phase_settings(base, f"scale{workers}", out)
                 ensure_topics(broker.bootstrap_servers, s)
-                scale[workers], cpu[workers] = asyncio.run(
-                    _scale(s, scale_events, workers, out))
+                scaled = asyncio.run(_scale(s, scale_events, workers, out, broker.process))
+                scale[workers], cpu[workers] = scaled["events_per_s"], scaled["cpu_us_per_record"]
+                busy[workers] = scaled["cores_busy"]
                 _say(f"{workers} worker(s) in one group: {scale[workers]:,.0f} records/s"
                      + (f", {cpu[workers]:,.0f} µs of worker CPU per record"
-                        if cpu[workers] else ""))
+                        if cpu[workers] else "")
+                     + "; cores busy: " + ", ".join(f"{who} {n}" for who, n in
+                                                    busy[workers].items() if n is not None))
     return {
         "events_per_s": round(t["events_per_s"], 1),
         "raw_consumer_events_per_s": round(t["raw_consumer_events_per_s"], 1),
@@ -211,6 +269,9 @@ def run_bench(quick: bool = False, table_store: str = "memory") -> dict:
         "latency_p99_s": lat["latency_p99_s"],
         "peak_rss_mb": round(max(x for x in (t["peak_rss_mb"], lat["peak_rss_mb"]) if x), 1),
         "records": t["records"],
+        "core_events_per_s": round(core["events_per_s"], 1),
+        "core_cpu_us_per_record": round(core["cpu_us_per_record"], 1),
+        "live_to_core_ratio": round(t["events_per_s"] / core["events_per_s"], 3),
         "latency_records": len(lat_events),
         "latency_rate_per_s": round(t["events_per_s"] / 2, 1),
         **({"scale_records": len(scale_events),
@@ -218,7 +279,9 @@ def run_bench(quick: bool = False, table_store: str = "memory") -> dict:
             "two_workers_events_per_s": round(scale[2], 1),
             "two_workers_ratio": round(scale[2] / scale[1], 3),
             "one_worker_cpu_us_per_record": cpu[1] and round(cpu[1], 1),
-            "two_workers_cpu_us_per_record": cpu[2] and round(cpu[2], 1)} if scale else {}),
+            "two_workers_cpu_us_per_record": cpu[2] and round(cpu[2], 1),
+            "one_worker_cores_busy": busy[1], "two_workers_cores_busy": busy[2]}
+           if scale else {}),
         "partitions": base.partitions,
         "table_store": table_store,
         "cores": os.cpu_count(),
