@@ -89,8 +89,9 @@ class OfflinePipeline:
             return "duplicate"
         self.counts["redelivered" if verdict.redelivery else "accepted"] += 1
         event = from_canonical(canonical)
+        late = is_late(event, self.closed_ms)  # no close runs between its copies
         for kind, key in self.core.routes(event):
-            if is_late(event, self.closed_ms):
+            if late:
                 self.counts["late"] += 1  # copies, as the live detect stage counts them
             detection = self.core.process(kind, key, event, self.state,
                                           position=verdict.position)
