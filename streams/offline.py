@@ -54,6 +54,7 @@ class OfflinePipeline:
         self.retention = (LedgerRetention(self.retention_days, "offline")
                           if self.retention_days else None)
         self._expired_at: int | None = None  # the watermark's day at the last expiry
+        self._advanced_day: int | None = None  # the watermark's day at the last advance
 
     def feed(self, raw: bytes, *, source: str | None = None, topic: str | None = None,
              partition: int | None = None, offset: int | None = None,
@@ -111,14 +112,18 @@ class OfflinePipeline:
         if self.newest_ms is None:
             return
         watermark = self.newest_ms - self.lateness_s * 1000
+        day = event_day_of_ms(watermark)
+        # Closes and the ledger's forgetting both move by whole days (Asia/Shanghai,
+        # no DST): within the day of the last advance there is nothing to do, and
+        # finding that out per record cost more than the rest of this method.
+        if day == self._advanced_day:
+            return
         self._close_at(last_midnight(watermark))
-        # The ledger forgets by whole days: once a day is enough (live, admission
-        # does it with every batch's progress).
-        if self.retention is not None:
-            day = event_day_of_ms(watermark)
-            if day != self._expired_at:
-                self._expired_at = day
-                self.retention.expire(self.ledger, watermark)
+        # Live, admission forgets with every batch's progress; once a day is enough.
+        if self.retention is not None and day != self._expired_at:
+            self._expired_at = day
+            self.retention.expire(self.ledger, watermark)
+        self._advanced_day = day
 
     def close_input(self) -> None:
         """The input is complete (a historical stream, replayed whole): every day up to
