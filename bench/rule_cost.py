@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.config import Settings
 from rules.core import Book
-from streams import heap, offline
+from streams import offline
 from streams.app import load_registry
+from streams.bench import core_rate
 from streams.replay import replay_pipeline
 from streams.simulate import simulate
 
@@ -95,20 +96,11 @@ def main() -> int:
     n = len(events)
 
     plain = replay_pipeline(settings, load_registry(settings))
-    with heap.settled():
-        started = time.perf_counter()
-        for number, line in enumerate(events, 1):
-            plain.feed(line, source=f"line/{number}", offset=number)
-        untimed = time.perf_counter() - started
-
+    untimed = n / core_rate(settings, events, plain)["events_per_s"]
     timers = Timers()
     pipeline, restore = timed_pipeline(settings, timers)
     try:
-        with heap.settled():
-            started = time.perf_counter()
-            for number, line in enumerate(events, 1):
-                pipeline.feed(line, source=f"line/{number}", offset=number)
-            whole = time.perf_counter() - started
+        whole = n / core_rate(settings, events, pipeline)["events_per_s"]
     finally:
         restore()
     if pipeline.alerts.keys() != plain.alerts.keys():

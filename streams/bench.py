@@ -74,11 +74,13 @@ async def raw_consumer_rate(settings: Settings, total: int) -> float:
     return n / (time.perf_counter() - first)
 
 
-def core_rate(settings: Settings, events: list[bytes]) -> dict:
+def core_rate(settings: Settings, events: list[bytes], pipeline=None) -> dict:
     """The detection core alone over ``events``: the replay driver, with the rules,
     registry and partition count a worker of ``settings`` has, the collector set as
     a worker sets it (``heap.settled``), no broker. The live driver calls the same
-    code per record, so the live worker's rate cannot pass this one.
+    code per record, so the live worker's rate cannot pass this one. ``pipeline``:
+    a replay pipeline of the caller's to feed instead (``bench/rule_cost.py``'s,
+    with timers), left holding what it found.
 
     >>> from streams.simulate import simulate
     >>> events = simulate(days=1, seed=11).events
@@ -88,7 +90,8 @@ def core_rate(settings: Settings, events: list[bytes]) -> dict:
     >>> core["events_per_s"] > 0 and core["cpu_us_per_record"] > 0
     True
     """
-    pipeline = replay_pipeline(settings, load_registry(settings))
+    if pipeline is None:
+        pipeline = replay_pipeline(settings, load_registry(settings))
     with heap.settled():
         wall, cpu = time.perf_counter(), time.process_time()
         outcomes = Counter(pipeline.feed(line, source=f"line/{n}", offset=n)

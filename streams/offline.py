@@ -53,7 +53,6 @@ class OfflinePipeline:
         self.closing = ClosingIndex(self.core)
         self.retention = (LedgerRetention(self.retention_days, "offline")
                           if self.retention_days else None)
-        self._expired_at: int | None = None  # the watermark's day at the last expiry
         self._advanced_day: int | None = None  # the watermark's day at the last advance
 
     def feed(self, raw: bytes, *, source: str | None = None, topic: str | None = None,
@@ -120,8 +119,7 @@ class OfflinePipeline:
             return
         self._close_at(last_midnight(watermark))
         # Live, admission forgets with every batch's progress; once a day is enough.
-        if self.retention is not None and day != self._expired_at:
-            self._expired_at = day
+        if self.retention is not None:
             self.retention.expire(self.ledger, watermark)
         self._advanced_day = day
 
