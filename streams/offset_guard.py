@@ -99,9 +99,7 @@ class ContiguousDelivery:
         the first record delivered sets the expectation)."""
         self.moved_at[tp] = (now, self.rounds)
         self.fetchless_since.pop(tp, None)
-        self.unaccounted.pop(tp, None)
-        self.acked_ahead.pop(tp, None)
-        self.holes.pop(tp, None)
+        self._forget_acks(tp)
         if offset is None or offset < 0:
             self.expected.pop(tp, None)
             self.acknowledged.pop(tp, None)
@@ -115,6 +113,11 @@ class ContiguousDelivery:
         self.moved_at.pop(tp, None)
         self.fetchless_since.pop(tp, None)
         self.acknowledged.pop(tp, None)
+        self._forget_acks(tp)
+
+    def _forget_acks(self, tp) -> None:
+        """What was counted of the acknowledgements past the partition's position:
+        a seek or a revocation starts the count again."""
         self.acked_ahead.pop(tp, None)
         self.holes.pop(tp, None)
         self.unaccounted.pop(tp, None)
