@@ -258,11 +258,11 @@ def _pools(args, settings: Settings) -> int:
 def _bench(args) -> int:
     import orjson
 
-    from streams.bench import run_bench
+    from streams.bench import missed, run_bench
 
-    print(orjson.dumps(run_bench(quick=args.quick, table_store=args.store)).decode(),
-          flush=True)
-    return 0
+    result = run_bench(quick=args.quick, table_store=args.store)
+    print(orjson.dumps(result).decode(), flush=True)
+    return 1 if args.require_targets and missed(result["targets"]) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a short run (about a minute)")
     p.add_argument("--store", choices=("memory", "rocksdb"), default="memory",
                    help="where the workers keep their large tables (FUNDWATCH_TABLE_STORE)")
+    p.add_argument("--require-targets", action="store_true",
+                   help="exit 1 if a target the run measured is not met (a performance gate)")
 
     from rules.commands import add_parser as add_rules_parser
 
