@@ -85,9 +85,42 @@ def _ssl_context(settings: Settings):
     return context
 
 
-def _short_fetch_wait(wait_ms: int) -> None:
-    """Make Faust's worker consumer use ``wait_ms`` as its fetch wait (Faust 0.11
-    hard-codes 1,500 ms in ``_create_worker_consumer``; see Settings.fetch_max_wait_ms)."""
+class FetchWait:
+    """The fetch wait a consumer asks the broker for next: ``short_ms`` while records
+    come, ``quiet_ms`` once none has come for ``quiet_after_s`` (0: never). Tansu
+    answers a fetch only when its wait is up, so a short wait is what lets a record
+    cross each internal hop quickly, and what an idle worker pays for by polling.
+
+    >>> wait = FetchWait(20, 200, quiet_after_s=1.0, now=0.0)
+    >>> wait.after_fetch(False, now=0.5), wait.after_fetch(False, now=1.0)
+    (20, 200)
+    >>> wait.after_fetch(True, now=7.0), wait.after_fetch(False, now=7.9)
+    (20, 20)
+    >>> FetchWait(20, 0, now=0.0).after_fetch(False, now=60.0)
+    20
+    """
+
+    def __init__(self, short_ms: int, quiet_ms: int, quiet_after_s: float = 1.0,
+                 now: float | None = None) -> None:
+        self.short_ms = short_ms
+        self.quiet_ms = quiet_ms or short_ms
+        self.quiet_after_s = quiet_after_s
+        self.last_records = time.monotonic() if now is None else now
+
+    def after_fetch(self, brought_records: bool, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        if brought_records:
+            self.last_records = now
+        return (self.quiet_ms if now - self.last_records >= self.quiet_after_s
+                else self.short_ms)
+
+
+def _fetch_waits(short_ms: int, quiet_ms: int) -> None:
+    """Make Faust's worker consumer fetch with :class:`FetchWait`'s waits (Faust 0.11
+    hard-codes 1,500 ms in ``_create_worker_consumer``; see Settings.fetch_max_wait_ms
+    and fetch_quiet_wait_ms). Only that consumer: the fetcher's wait is changed per
+    request, between aiokafka building one and the next."""
+    from aiokafka.consumer.fetcher import Fetcher
     from faust.transport.drivers import aiokafka as driver
 
     thread = driver.AIOKafkaConsumerThread
@@ -95,11 +128,32 @@ def _short_fetch_wait(wait_ms: int) -> None:
 
     def create(self, transport):
         consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = wait_ms  # read by aiokafka when it starts the fetcher
+        consumer._fetch_max_wait_ms = short_ms  # read by aiokafka when it starts the fetcher
+        start = consumer.start
+
+        async def start_with_waits():
+            await start()
+            consumer._fetcher._fundwatch_wait = FetchWait(short_ms, quiet_ms)
+
+        consumer.start = start_with_waits
         return consumer
 
     thread._fundwatch_original_create = original
     thread._create_worker_consumer = create
+    if getattr(Fetcher, "_fundwatch_waits", False):
+        return
+    fetch = Fetcher._proc_fetch_request
+
+    async def fetch_then_choose_wait(self, assignment, node_id, request):
+        # aiokafka returns True when the answer added records (or must wake a reader).
+        brought = await fetch(self, assignment, node_id, request)
+        wait = getattr(self, "_fundwatch_wait", None)
+        if wait is not None:
+            self._fetch_max_wait_ms = wait.after_fetch(bool(brought))
+        return brought
+
+    Fetcher._proc_fetch_request = fetch_then_choose_wait
+    Fetcher._fundwatch_waits = True
 
 
 def build_app(settings: Settings, core: DetectionCore | None = None,
@@ -109,7 +163,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
                                  partitions=settings.partitions)
     patch_faust_recovery(settings.bootstrap_servers, kafka_client_options(settings))
     os.makedirs(os.path.join(settings.data_dir, settings.app_id), exist_ok=True)
-    _short_fetch_wait(settings.fetch_max_wait_ms)
+    _fetch_waits(settings.fetch_max_wait_ms, settings.fetch_quiet_wait_ms)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{s.strip()}" for s in settings.bootstrap_servers.split(",")],
