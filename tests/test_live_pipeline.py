@@ -136,3 +136,50 @@ def test_killed_worker_restarts_and_still_knows_duplicates(live_settings):
     # each stay once although the restarted worker re-read what it had not committed.
     (alert,) = o.alerts.values()
     assert alert["evidence"]["settlement_count"] == 5
+
+
+def test_a_quiet_consumer_waits_longer_and_shortens_with_the_first_record(broker):
+    """streams.app's fetch waits on a real aiokafka fetcher and Tansu: the short wait
+    while records come, the quiet one after ``quiet_after_s`` with none, the short one
+    again with the fetch that brings the next record."""
+    import time
+    import uuid
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from streams.app import FetchWait, _fetch_waits
+
+    _fetch_waits(20, 200)  # patches aiokafka's fetcher: the worker does it at start
+    topic = f"quiet-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        admin.close()
+
+    async def run() -> list[int]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker.bootstrap_servers,
+                                    fetch_max_wait_ms=20, auto_offset_reset="earliest")
+        await consumer.start()
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+        await producer.start()
+        waits = []
+        try:
+            fetcher = consumer._fetcher
+            fetcher._fundwatch_wait = FetchWait(20, 200, quiet_after_s=0.5)
+            waits.append(fetcher._fetch_max_wait_ms)           # nothing asked yet: 20
+            deadline = time.monotonic() + 10
+            while fetcher._fetch_max_wait_ms != 200 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            waits.append(fetcher._fetch_max_wait_ms)           # quiet: 200
+            await producer.send_and_wait(topic, b"a settlement")
+            message = await asyncio.wait_for(consumer.getone(), 10)
+            assert message.value == b"a settlement"
+            waits.append(fetcher._fetch_max_wait_ms)           # records came: 20
+        finally:
+            await producer.stop()
+            await consumer.stop()
+        return waits
+
+    assert asyncio.run(run()) == [20, 200, 20]
