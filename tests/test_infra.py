@@ -165,3 +165,35 @@ def test_true_end_offsets_reach_the_last_record_of_a_record_batch(broker):
     assert ends[full] == 150, (reported, ends)
     # What the work-around is for: if Tansu one day answers right, it still holds.
     assert reported[full] in (101, 150)
+
+
+@pytest.mark.parametrize("setting, codec", [("zstd", 4), ("lz4", 3), ("none", 0)])
+def test_the_workers_producer_writes_record_batches_compressed_as_configured(
+        tmp_path, setting, codec):
+    """The record batches a worker's producer builds (its internal hops, changelogs and
+    alerts all go through it) carry the configured codec, and read back whole."""
+    import asyncio
+
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from streams.app import build_app
+
+    settings = Settings.load(env={"FUNDWATCH_COMPRESSION_TYPE": setting}).with_(
+        bootstrap_servers="127.0.0.1:9", data_dir=str(tmp_path), app_id=f"c-{setting}")
+    values = [b'{"settlement_id":"S%d","fund_paid":"12.34"}' % n for n in range(50)]
+
+    async def build() -> bytes:
+        producer = build_app(settings).producer._new_producer()  # never started
+        batch = producer.create_batch()
+        for value in values:
+            assert batch.append(key=None, value=value, timestamp=None) is not None
+        return bytes(batch._build())
+
+    built = DefaultRecordBatch(asyncio.run(build()))
+    assert built.compression_type == codec
+    assert [record.value for record in built] == values
+
+
+def test_an_unknown_compression_is_refused_by_name():
+    with pytest.raises(ConfigError, match="FUNDWATCH_COMPRESSION_TYPE.*brotli.*not one of"):
+        Settings.load(env={"FUNDWATCH_COMPRESSION_TYPE": "brotli"})
