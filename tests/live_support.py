@@ -14,6 +14,21 @@ from streams.live import Observed, Watcher, produce
 GROUP_TIMEOUTS = {"rebalance_timeout_s": 2.0, "session_timeout_s": 6.0}
 
 
+def new_topic(broker, name: str, partitions: int) -> str:
+    """A topic of its own for one test (``name-<random>``), created on ``broker``."""
+    import uuid
+
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    topic = f"{name}-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        admin.close()
+    return topic
+
+
 def wait_until(predicate, timeout_s: float = 60) -> bool:
     """Poll ``predicate`` every 0.2 s until it holds (True) or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s

@@ -125,19 +125,13 @@ def test_true_end_offsets_reach_the_last_record_of_a_record_batch(broker):
     end that Faust's table recovery and the replay read to must be past its last
     record (infra/tansu.py)."""
     import asyncio
-    import uuid
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-    from kafka.admin import NewTopic
 
     from infra.tansu import true_end_offsets
+    from tests.live_support import new_topic
 
-    topic = f"ends-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-    try:
-        admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-    finally:
-        admin.close()
+    topic = new_topic(broker, "ends", 2)
     full, empty = TopicPartition(topic, 0), TopicPartition(topic, 1)
 
     async def run():

@@ -143,20 +143,14 @@ def test_a_quiet_consumer_waits_longer_and_shortens_with_the_first_record(broker
     while records come, the quiet one after ``quiet_after_s`` with none, the short one
     again with the fetch that brings the next record."""
     import time
-    import uuid
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from kafka.admin import KafkaAdminClient, NewTopic
 
     from streams.app import FetchWait, _fetch_waits
+    from tests.live_support import new_topic
 
     _fetch_waits(20, 200)  # patches aiokafka's fetcher: the worker does it at start
-    topic = f"quiet-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-    try:
-        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    finally:
-        admin.close()
+    topic = new_topic(broker, "quiet", 1)
 
     async def run() -> list[int]:
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker.bootstrap_servers,
