@@ -83,8 +83,9 @@ class Settings:
     # Kafka answers as soon as data arrives; the short wait costs only idle polls.
     fetch_max_wait_ms: int = 20
     # The fetch wait once nothing has come for a second (0: always the one above).
-    # Tansu's long wait is a poll: with 20 ms, an idle worker and the broker kept a
-    # fifth of a core busy (measured: 0.08 and 0.11 cores; 0.04 and 0.02 at 200 ms).
+    # Tansu answers a fetch only when its wait is up, so an idle worker polls it:
+    # with 20 ms, the worker and the broker kept a sixth of a core busy
+    # (bench/idle.py: 0.075 and 0.094 cores; 0.038 and 0.024 with 200 ms).
     # The first record after a quiet second waits up to this long, once; the stages
     # it sets moving fetch at the short wait again.
     fetch_quiet_wait_ms: int = 200
