@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from infra.broker import EmbeddedBroker, ensure_topics
+from infra.broker import EmbeddedBroker
 from infra.config import Settings
 from streams.bench import SCALE_DAYS, _phase_settings, _scale
 from streams.simulate import simulate
@@ -81,7 +81,6 @@ def main() -> None:
                 for workers in (1, 2):
                     settings = _phase_settings(base.with_(compression_type=codec),
                                                f"{codec}{workers}r{n}", out)
-                    ensure_topics(broker.bootstrap_servers, settings)
                     scaled = asyncio.run(_scale(settings, events, workers, out,
                                                 broker.process))
                     run[f"{workers}_worker_events_per_s"] = round(scaled["events_per_s"], 1)

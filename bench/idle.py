@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infra.broker import EmbeddedBroker, ensure_topics
+from infra.broker import EmbeddedBroker
 from infra.config import Settings
-from streams.bench import _cpu_now, _phase_settings, _until_accounted
+from streams.bench import _cpu_now, _cpu_used, _phase_settings, _until_accounted
 from streams.live import Watcher, produce, start_worker, stop_worker
 from streams.simulate import simulate
 
@@ -52,10 +52,9 @@ async def idle_cores(settings: Settings, record: bytes, workers: int, seconds: f
         for proc in procs:
             stop_worker(proc)
         await watcher.stop()
-    wall = after["wall"] - before["wall"]
-    return {who: None if None in (before[who], after[who])
-            else round((after[who] - before[who]) / wall, 3)
-            for who in before if who != "wall"}
+    used, wall = _cpu_used(before, after)
+    return {who: None if seconds is None else round(seconds / wall, 3)
+            for who, seconds in used.items()}
 
 
 def main() -> None:
@@ -74,7 +73,6 @@ def main() -> None:
             for workers in (1, 2):
                 settings = _phase_settings(base.with_(fetch_quiet_wait_ms=quiet_ms),
                                            f"idle{quiet_ms}-{workers}", out)
-                ensure_topics(broker.bootstrap_servers, settings)
                 busy = asyncio.run(idle_cores(settings, record, workers, args.seconds,
                                               broker.process, out))
                 totals[(quiet_ms, workers)] = (busy["workers"] or 0) + (busy["broker"] or 0)

@@ -21,8 +21,9 @@ Phases, each with its own topics, consumer group and worker processes:
 
 Before it, one line per target of the live path (issue 11), met or not, and the same
 verdicts go into the JSON (``targets``); ``--require-targets`` makes a run that
-misses one exit 1. The last line is the contract's JSON. Compare ``ratio``, not absolute rates: the
-machines are shared and noisy, and both rates come from the same run.
+misses one exit 1. The last line is the contract's JSON. Compare ``ratio``, not
+absolute rates: the machines are shared and noisy, and both rates come from the
+same run.
 """
 from __future__ import annotations
 
@@ -122,9 +123,13 @@ async def _until_accounted(watcher: Watcher, worker, total: int, timeout_s: floa
 
 
 def _phase_settings(base: Settings, name: str, out: Path) -> Settings:
+    """A phase's own topics (created on ``base``'s broker), consumer group and store."""
     tag = uuid.uuid4().hex[:6]
-    return base.with_(topic_prefix=f"bench-{name}-{tag}.", app_id=f"bench-{name}-{tag}",
-                      data_dir=str(out / name), db_url=f"sqlite:///{out / name}-alerts.db")
+    settings = base.with_(topic_prefix=f"bench-{name}-{tag}.", app_id=f"bench-{name}-{tag}",
+                          data_dir=str(out / name),
+                          db_url=f"sqlite:///{out / name}-alerts.db")
+    ensure_topics(settings.bootstrap_servers, settings)
+    return settings
 
 
 async def _throughput(settings: Settings, events: list[bytes], out: Path) -> dict:
@@ -186,9 +191,7 @@ async def _scale(settings: Settings, events: list[bytes], workers: int, out: Pat
     # The workers' CPU for the stream (and a second or so of their idling after it):
     # whether n workers do the work of one, apart from what the cores they share
     # with the broker and the producer allow them.
-    used = {k: None if None in (before[k], after[k]) else after[k] - before[k]
-            for k in before if k != "wall"}
-    wall = after["wall"] - before["wall"]
+    used, wall = _cpu_used(before, after)
     return {"events_per_s": (len(events) - 1) / (last - first),
             "cpu_us_per_record": used["workers"] and used["workers"] / (len(events) - 1) * 1e6,
             "cores_busy": {k: v and round(v / wall, 2) for k, v in used.items()}}
@@ -201,6 +204,19 @@ def _cpu_now(workers: list[subprocess.Popen], broker: subprocess.Popen | None) -
     return {"workers": None if None in cpus else sum(cpus),
             "broker": broker and cpu_seconds(broker), "bench": time.process_time(),
             "wall": time.perf_counter()}
+
+
+def _cpu_used(before: dict, after: dict) -> tuple[dict, float]:
+    """Between two readings of :func:`_cpu_now`: the CPU seconds each of them used
+    (None where /proc could not tell), and the wall seconds.
+
+    >>> _cpu_used({"workers": 1.0, "broker": None, "bench": 0.5, "wall": 10.0},
+    ...           {"workers": 3.5, "broker": 2.0, "bench": 0.75, "wall": 15.0})
+    ({'workers': 2.5, 'broker': None, 'bench': 0.25}, 5.0)
+    """
+    used = {k: None if None in (before[k], after[k]) else after[k] - before[k]
+            for k in before if k != "wall"}
+    return used, after["wall"] - before["wall"]
 
 
 async def _latency(settings: Settings, events: list[bytes], rate: float, out: Path) -> dict:
@@ -295,8 +311,6 @@ def run_bench(quick: bool = False, table_store: str = "memory") -> dict:
     with EmbeddedBroker(base, log_path=out / "broker.log") as broker:
         base = base.with_(bootstrap_servers=broker.bootstrap_servers)
         s1, s2 = _phase_settings(base, "throughput", out), _phase_settings(base, "latency", out)
-        for s in (s1, s2):
-            ensure_topics(broker.bootstrap_servers, s)
         t = asyncio.run(_throughput(s1, events, out))
         lat_events = events[: max(200, int(t["events_per_s"] * (5 if quick else 20)))]
         lat = asyncio.run(_latency(s2, lat_events, t["events_per_s"] / 2, out))
@@ -316,7 +330,6 @@ def run_bench(quick: bool = False, table_store: str = "memory") -> dict:
             _say(f"scale-out: {len(scale_events):,} simulated records ({SCALE_DAYS} days)")
             for workers in (1, 2):
                 s = _phase_settings(base, f"scale{workers}", out)
-                ensure_topics(broker.bootstrap_servers, s)
                 scaled = asyncio.run(_scale(s, scale_events, workers, out, broker.process))
                 scale[workers], cpu[workers] = scaled["events_per_s"], scaled["cpu_us_per_record"]
                 busy[workers] = scaled["cores_busy"]
