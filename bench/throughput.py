@@ -54,7 +54,10 @@ def one_run(days: int, while_producing: bool = False) -> dict:
         settings = _phase_settings(base, "throughput", out)
         ensure_topics(broker.bootstrap_servers, settings)
         if while_producing:
-            rate, cpu = asyncio.run(_scale(settings, events, 1, out))
+            scaled = asyncio.run(_scale(settings, events, 1, out))
+            # (Before 90f898d, _scale returned the two figures as a pair.)
+            rate, cpu = ((scaled["events_per_s"], scaled["cpu_us_per_record"])
+                         if isinstance(scaled, dict) else scaled)
             return {"records": len(events), "events_per_s": round(rate, 1),
                     "cpu_us_per_record": cpu and round(cpu, 1), "while_producing": True,
                     "days": days, "cores": os.cpu_count()}
