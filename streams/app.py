@@ -243,6 +243,11 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     # detect stage re-reads copies its killed predecessor sent, which this process
     # never routed, and with several workers one's copies are handled by the others.
     flow = {"routed": 0, "detected": 0}
+    # When this process began its first source batch, and when it last did work that
+    # moves the counts a watcher accounts records by (a record validated away,
+    # admitted, or handled by the detect stage), in epoch seconds: a benchmark reads
+    # a stream's ends from these, not from when the once-a-second metrics arrive.
+    worked = {"from": None, "until": None}
     detected_from: dict[str, int] = {}
     # Held while a batch of source records is parsed and sent on, and while the
     # timer reports progress between batches. Without it the timer, running while
@@ -331,6 +336,9 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
 
     async def ingest_batch(events) -> None:
         try:
+            if worked["from"] is None:
+                worked["from"] = time.time()
+            rejected_before = validate_rejected["count"]
             groups: dict[int, list] = {}
             for item in events:
                 msg = item.message
@@ -369,6 +377,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             await send_batches(admit_topic, groups, {"wm": report})
             last_report.clear()
             last_report.update(report)
+            if validate_rejected["count"] != rejected_before:
+                worked["until"] = time.time()
         except Exception as exc:  # noqa: BLE001
             stop_hard("ingest", exc)
 
@@ -516,6 +526,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         await send_batches(detect_topic, groups, {"q": str(partition), "wm": view},
                            sender=instance)
         flow["routed"] += copies
+        if tally:
+            worked["until"] = time.time()
 
     async def admit_items(partition: int, offset: int, batch, entries, tally: dict,
                           groups: dict, retention: LedgerRetention | None) -> int:
@@ -724,6 +736,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             for ts in self.times:
                 latency.record_since(ts, now)
             flow["detected"] += self.copies
+            if self.copies:
+                worked["until"] = now
             for sender, n in self.senders.items():
                 detected_from[sender] = detected_from.get(sender, 0) + n
             self._start()
@@ -832,7 +846,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
             "admit": counts,
             "validate_rejected_since_start": validate_rejected["count"],
             "latency": latency.summary(),
-            "flow": {**flow, "instance": instance, "detected_from": dict(detected_from)},
+            "flow": {**flow, "instance": instance, "detected_from": dict(detected_from),
+                     "worked_from": worked["from"], "worked_until": worked["until"]},
             # The source partitions this worker reads: how a group's share is seen.
             "sources": sorted(f"{tp.topic}/{tp.partition}"
                               for tp in app.consumer.assignment() if tp.topic in source_topics),

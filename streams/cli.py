@@ -255,12 +255,20 @@ def _pools(args, settings: Settings) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
+    return n
+
+
 def _bench(args) -> int:
     import orjson
 
-    from streams.bench import missed, run_bench
+    from streams.bench import SCALE_ROUNDS, missed, run_bench
 
-    result = run_bench(quick=args.quick, table_store=args.store)
+    result = run_bench(quick=args.quick, table_store=args.store,
+                       scale_rounds=args.scale_rounds or SCALE_ROUNDS)
     print(orjson.dumps(result).decode(), flush=True)
     return 1 if args.require_targets and missed(result["targets"]) else 0
 
@@ -352,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="where the workers keep their large tables (FUNDWATCH_TABLE_STORE)")
     p.add_argument("--require-targets", action="store_true",
                    help="exit 1 if a target the run measured is not met (a performance gate)")
+    p.add_argument("--scale-rounds", type=_positive_int, default=None, metavar="N",
+                   help="rounds of one and two workers, in alternating order (default 3; "
+                        "not with --quick)")
 
     from rules.commands import add_parser as add_rules_parser
 

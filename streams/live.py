@@ -215,6 +215,24 @@ class Observed:
             handled.update(f.get("detected_from", {}))
         return all(handled[f["instance"]] >= f["routed"] for f in live)
 
+    def worked_between(self) -> tuple[float | None, float | None]:
+        """When the first worker heard from began its first source batch and when the
+        last one last moved the counts (epoch seconds; None where none has said).
+        Read off the workers' own clocks, so exact to the batch, where the metrics
+        they come in arrive about once a second.
+
+        >>> o = Observed(flow={"w1": ({"worked_from": 10.5, "worked_until": 19.0}, 0.0),
+        ...                    "w2": ({"worked_from": 11.0, "worked_until": 20.25}, 0.0),
+        ...                    "w3": ({"worked_from": None, "worked_until": None}, 0.0)})
+        >>> o.worked_between()
+        (10.5, 20.25)
+        """
+        def bound(name, pick):
+            times = [f[name] for f, _ in self.flow.values() if f.get(name) is not None]
+            return pick(times) if times else None
+
+        return bound("worked_from", min), bound("worked_until", max)
+
     def shares(self) -> list[int]:
         """How many source partitions each worker heard from in the last few
         seconds reads (a settled group: every partition once, none idle)."""

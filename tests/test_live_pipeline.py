@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections import Counter
 from decimal import Decimal
 
@@ -50,12 +51,17 @@ def test_every_record_ends_where_it_should(live_settings):
         dumps(reversal_of(stays[5], settlement_id="LIVE-6-R")),                # a valid reversal
         dumps(bad_reversal),
     ]
+    started = time.time()
     worker = start_worker(live_settings, live_settings_log(live_settings))
     try:
         o = asyncio.run(run_through_worker(live_settings, worker, lines, len(lines)))
     finally:
         stop_worker(worker)
 
+    # The worker says when it worked (the bench's rates are read off these).
+    began, until = o.worked_between()
+    assert began is not None and until is not None
+    assert started < began <= until < time.time()
     assert o.count("accepted") == 8          # 6 stays, 1 contribution, 1 reversal
     assert o.count("duplicate") == 2
     assert len(o.deadletters) == 6
