@@ -121,7 +121,7 @@ def run_demo(settings: Settings, days: int, seed: int, timeout_s: float, out_dir
 
         prepare_cluster(settings)
         print(f"using the configured cluster {settings.bootstrap_servers}", flush=True)
-    db_url = settings.db_url or f"sqlite:///{(out_dir / 'alerts.db').resolve()}"
+    db_url = settings.db_url or fresh_demo_store(out_dir)
     data_dir = out_dir / "worker-data"
     shutil.rmtree(data_dir, ignore_errors=True)
     settings = settings.with_(db_url=db_url, data_dir=str(data_dir),
@@ -142,6 +142,25 @@ def run_demo(settings: Settings, days: int, seed: int, timeout_s: float, out_dir
         if broker:
             broker.stop()
     return _auditor_replay(settings, paths, out_dir, observed) or code
+
+
+def fresh_demo_store(out_dir: Path) -> str:
+    """The demo's own SQLite store (when no ``FUNDWATCH_DB_URL`` is given), emptied.
+    Each run streams its province anew, and alert ids are stable: in a store kept
+    from the run before, every alert would already be marked told (routing never
+    tells a channel twice), and the second run's centers heard nothing.
+
+    >>> import sqlite3, tempfile
+    >>> out = Path(tempfile.mkdtemp())
+    >>> sqlite3.connect(out / "alerts.db").execute("create table kept (x)").connection.commit()
+    >>> url = fresh_demo_store(out)
+    >>> url.endswith("/alerts.db"), (out / "alerts.db").exists()
+    (True, False)
+    """
+    path = (out_dir / "alerts.db").resolve()
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return f"sqlite:///{path}"
 
 
 def _auditor_replay(settings: Settings, paths: dict, out_dir: Path, o) -> int:

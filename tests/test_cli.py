@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import sys
 
@@ -77,6 +78,13 @@ def test_demo_end_to_end_on_a_configured_cluster(broker, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FUNDWATCH_")}
     env.update(FUNDWATCH_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
                FUNDWATCH_TOPIC_PREFIX=f"demo{tag}.", FUNDWATCH_APP_ID=f"demo-{tag}")
+    # A store left by an earlier run, its alerts all told: this run starts its own,
+    # and its centers are told (below).
+    (tmp_path / "out").mkdir()
+    earlier = sqlite3.connect(tmp_path / "out" / "alerts.db")
+    earlier.execute("create table left_by_an_earlier_run (x)")
+    earlier.commit()
+    earlier.close()
     result = subprocess.run(
         [sys.executable, "-m", "streams.cli", "demo", "--out-dir",  # the default province
          str(tmp_path / "out"), "--timeout", "150"],
@@ -89,6 +97,10 @@ def test_demo_end_to_end_on_a_configured_cluster(broker, tmp_path):
     assert "unaccounted                0" in summary
     assert "dead-lettered" in summary and "alert store" in summary
     assert (tmp_path / "out" / "alerts.db").exists()
+    with sqlite3.connect(tmp_path / "out" / "alerts.db") as store:
+        tables = {name for (name,) in store.execute(
+            "select name from sqlite_master where type = 'table'")}
+    assert "left_by_an_earlier_run" not in tables and "alerts" in tables
     # The province's planted surge shows as a joint review with both sides' duties,
     # and the pool drifting to the capital as a siphon finding.
     joint = summary.split("joint reviews (双地联查)")[1].split("siphon to the capital")[0]
