@@ -338,16 +338,22 @@ def scale_out(rounds: list[dict], records: int) -> dict:
     >>> out["one_worker_cores_busy"], out["two_workers_cpu_us_per_record"]
     ({'workers': 0.96, 'broker': 0.1}, 230.0)
     """
-    def mean(workers: int, pick) -> float | None:
-        values = [pick(r[workers]) for r in rounds]
+    def mean(workers: int, *path: str) -> float | None:
+        """The rounds' mean of one figure of ``workers``' runs (None if one lacks it)."""
+        values = []
+        for r in rounds:
+            value = r[workers]
+            for name in path:
+                value = value[name]
+            values.append(value)
         return None if None in values else sum(values) / len(values)
 
     def busy(workers: int) -> dict:
-        return {who: None if (m := mean(workers, lambda x: x["cores_busy"][who])) is None
-                else round(m, 2) for who in rounds[0][workers]["cores_busy"]}
+        return {who: None if (m := mean(workers, "cores_busy", who)) is None else round(m, 2)
+                for who in rounds[0][workers]["cores_busy"]}
 
-    one, two = (mean(w, lambda x: x["events_per_s"]) for w in (1, 2))
-    cpu = {w: mean(w, lambda x: x["cpu_us_per_record"]) for w in (1, 2)}
+    one, two = mean(1, "events_per_s"), mean(2, "events_per_s")
+    cpu = {w: mean(w, "cpu_us_per_record") for w in (1, 2)}
     return {"scale_records": records, "scale_rounds": len(rounds),
             "one_worker_events_per_s": round(one, 1),
             "two_workers_events_per_s": round(two, 1),
