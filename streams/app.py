@@ -88,9 +88,9 @@ def _ssl_context(settings: Settings):
 class FetchWait:
     """The fetch wait a consumer asks the broker for next: ``short_ms`` while records
     come, ``quiet_ms`` once none has come for ``quiet_after_s`` (``quiet_ms`` 0: the
-    short wait always). Tansu
-    answers a fetch only when its wait is up, so a short wait is what lets a record
-    cross each internal hop quickly, and what an idle worker pays for by polling.
+    short wait always). Tansu answers a fetch only when its wait is up, so a short
+    wait is what lets a record cross each internal hop quickly, and what an idle
+    worker pays for by polling.
 
     >>> wait = FetchWait(20, 200, quiet_after_s=1.0, now=0.0)
     >>> wait.after_fetch(False, now=0.5), wait.after_fetch(False, now=1.0)
