@@ -16,7 +16,13 @@ Phases, each with its own topics, consumer group and worker processes:
    over this one: how near the live path comes to what its own detection costs,
    i.e. whether delivering records (Kafka, Faust, the hops between stages) or
    judging them limits the next step;
-4. scale-out (not with ``--quick``) — one worker, then two in one consumer group,
+4. the floor — phases 1 and 3 again over the same records with every rule off
+   (the pool book, always kept, is the one step left): what moving a record
+   through the live path costs apart from judging it. ``floor_share`` is phase
+   1's rate over this one: the share of a worker's time per record that moving
+   it takes, so that no tuning of the rules alone can make it faster than
+   ``1 / floor_share``;
+5. scale-out (not with ``--quick``) — one worker, then two in one consumer group,
    each set started and seen sharing the source partitions before the stream is
    produced; ``two_workers_ratio`` is the second rate over the first.
 
@@ -42,6 +48,7 @@ from aiokafka import AIOKafkaConsumer
 
 from infra.broker import EmbeddedBroker, ensure_topics
 from infra.config import Settings
+from rules.core import discover
 from streams import heap
 from streams.app import load_registry
 from streams.live import Watcher, cpu_seconds, peak_rss_mb, produce, start_worker, stop_worker
@@ -141,13 +148,16 @@ def _phase_settings(base: Settings, name: str, out: Path) -> Settings:
     return settings
 
 
-async def _throughput(settings: Settings, events: list[bytes], out: Path) -> dict:
+async def _throughput(settings: Settings, events: list[bytes], out: Path,
+                      phase: str = "throughput", raw_consumer: bool = True) -> dict:
     n = await produce(settings, events, in_step_s=None)  # all in before the worker starts
-    raw = await raw_consumer_rate(settings, n)
-    _say(f"raw aiokafka consumer: {raw:,.0f} records/s")
+    raw = None
+    if raw_consumer:
+        raw = await raw_consumer_rate(settings, n)
+        _say(f"raw aiokafka consumer: {raw:,.0f} records/s")
     watcher = Watcher(settings)
     await watcher.start()
-    worker = start_worker(settings, out / "worker-throughput.log")
+    worker = start_worker(settings, out / f"worker-{phase}.log")
     try:
         first, last = await _until_accounted(watcher, worker, n, 1800)
         rss = peak_rss_mb(worker)
@@ -155,9 +165,30 @@ async def _throughput(settings: Settings, events: list[bytes], out: Path) -> dic
         stop_worker(worker)
         await watcher.stop()
     rate = n / (last - first)
-    _say(f"fundwatch worker: {rate:,.0f} records/s (validate → admit → detect → alerts)")
+    _say(f"fundwatch worker ({phase}): {rate:,.0f} records/s "
+         "(validate → admit → detect → alerts)")
     return {"records": n, "events_per_s": rate, "raw_consumer_events_per_s": raw,
             "peak_rss_mb": rss}
+
+
+def without_rules(settings: Settings, out: Path) -> Settings:
+    """``settings`` with every rule off, through a config file of its own in ``out``
+    (a worker reads its rules from its config file): the pool book, which is always
+    kept, is the only step left on each record. A rule added later is off too.
+
+    >>> import tempfile
+    >>> from rules.core import discover, load_rules
+    >>> off = without_rules(Settings(), Path(tempfile.mkdtemp()))
+    >>> load_rules(off.rules), sorted(off.rules) == sorted(discover())
+    ([], True)
+    >>> Settings.load({"FUNDWATCH_CONFIG": off.config_path}).rules == off.rules
+    True
+    """
+    rules = {rule_id: {"enabled": False} for rule_id in sorted(discover())}
+    path = out / "every-rule-off.toml"
+    path.write_text("".join(f"[rules.{rule_id}]\nenabled = false\n\n" for rule_id in rules),
+                    encoding="utf-8")
+    return settings.with_(config_path=str(path), rules=rules)
 
 
 async def _scale(settings: Settings, events: list[bytes], workers: int, out: Path,
@@ -377,6 +408,10 @@ def run_bench(quick: bool = False, table_store: str = "memory",
         base = base.with_(bootstrap_servers=broker.bootstrap_servers)
         s1, s2 = _phase_settings(base, "throughput", out), _phase_settings(base, "latency", out)
         t = asyncio.run(_throughput(s1, events, out))
+        # Right after phase 1, so that the machine's drift weighs little on the share.
+        s_floor = without_rules(_phase_settings(base, "floor", out), out)
+        floor = asyncio.run(_throughput(s_floor, events, out, phase="floor, every rule off",
+                                        raw_consumer=False))
         lat_events = events[: max(200, int(t["events_per_s"] * (5 if quick else 20)))]
         lat = asyncio.run(_latency(s2, lat_events, t["events_per_s"] / 2, out))
         core = core_rate(s1, events)
@@ -384,6 +419,12 @@ def run_bench(quick: bool = False, table_store: str = "memory",
              f"{core['events_per_s']:,.0f} records/s, {core['cpu_us_per_record']:,.0f} µs "
              f"of CPU per record; the live worker reached "
              f"{t['events_per_s'] / core['events_per_s']:.2f} of it")
+        core_floor = core_rate(s_floor, events)
+        _say(f"floor, every rule off: the live worker {floor['events_per_s']:,.0f} records/s, "
+             f"the core alone {core_floor['events_per_s']:,.0f} records/s "
+             f"({core_floor['cpu_us_per_record']:,.0f} µs of CPU per record); moving a record "
+             f"took {t['events_per_s'] / floor['events_per_s']:.2f} of the worker's time "
+             "per record with every rule on")
         rounds: list[dict] = []
         if not quick:
             scale_events = simulate(days=SCALE_DAYS, seed=11).events
@@ -416,6 +457,10 @@ def run_bench(quick: bool = False, table_store: str = "memory",
         "core_events_per_s": round(core["events_per_s"], 1),
         "core_cpu_us_per_record": round(core["cpu_us_per_record"], 1),
         "live_to_core_ratio": round(t["events_per_s"] / core["events_per_s"], 3),
+        "floor_events_per_s": round(floor["events_per_s"], 1),
+        "floor_core_events_per_s": round(core_floor["events_per_s"], 1),
+        "floor_core_cpu_us_per_record": round(core_floor["cpu_us_per_record"], 1),
+        "floor_share": round(t["events_per_s"] / floor["events_per_s"], 3),
         "latency_records": len(lat_events),
         "latency_rate_per_s": round(t["events_per_s"] / 2, 1),
         **(scale_out(rounds, len(scale_events)) if rounds else {}),
