@@ -62,7 +62,7 @@ class DemoCenters:
         print(f"  ✉ {message['_path'][1:]:<9} {message['title']}", flush=True)
 
     def start(self, db_url: str) -> "DemoCenters":
-        from sinks.notify import Dispatcher
+        from sinks.notify import Dispatcher, outbox_status
         from sinks.routing import Routing
 
         self.hook.start()
@@ -73,6 +73,10 @@ class DemoCenters:
             {"name": "guangxi", "regions": ["45"],
              "urls": [self.hook.url_for("json", "/guangxi")]}]}, "demo", secret=self.secret)
         self.store = AlertStore(db_url)
+        # A store named by FUNDWATCH_DB_URL is kept from run to run; what it had told
+        # the centers before this run is not told again (see _notifications).
+        self.told_before = sum(row["sent"] for row in outbox_status(self.store,
+                                                                    self.routing))
         self.dispatcher = Dispatcher(self.store, self.routing)
         self.thread = threading.Thread(target=self.dispatcher.run, args=(self.stop_event, 0.5),
                                        name="demo-notify", daemon=True)
@@ -375,6 +379,12 @@ def _notifications(centers: DemoCenters, backlog: int) -> None:
         told[row["channel"]] = row
     print(f"notifications        {len(messages):>9,}   messages to the local webhook "
           f"({digests} digests), {backlog} left in the outbox")
+    if centers.told_before:
+        print(f"  the alert store ({centers.store.url}) was kept from an earlier run, whose "
+              f"channels were told of {centers.told_before:,} alert"
+              f"{'' if centers.told_before == 1 else 's'}: a channel is told of "
+              "an alert once, so those it knew were not told again (without "
+              "FUNDWATCH_DB_URL the demo starts a store of its own)")
     for channel, row in told.items():
         print(f"      {channel:28} {row['sent']:>6,}   alerts told"
               + (f", {row['pending']} pending" if row["pending"] else ""))

@@ -68,6 +68,43 @@ def test_simulate_writes_stream_registry_and_truth(tmp_path):
     assert again.read_bytes() == out.read_bytes()
 
 
+def test_a_demo_on_a_store_kept_from_an_earlier_run_says_why_it_told_nobody(tmp_path,
+                                                                           capsys):
+    """With FUNDWATCH_DB_URL the demo keeps the store, and routing never tells a channel
+    of an alert twice: a second run's centers get nothing. The summary must say why
+    (it used to print 0 messages and nothing more). Real store, real webhook."""
+    import asyncio
+
+    from infra.config import Settings
+    from rules.alerts import make_alert, month_window
+    from sinks.store import AlertStore
+    from streams.demo import DemoCenters, _notifications
+
+    url = f"sqlite:///{tmp_path / 'kept.db'}"
+    store = AlertStore(url)
+    store.upsert(make_alert("pool_deficit", "critical", "pool", "450100:resident",
+                            regions=["450100"], window=month_window("2025-03"),
+                            detected_at="2025-04-01T00:00:00+08:00",
+                            summary="450100:resident spent more than it took in",
+                            evidence={"deficit": "1000.00"}))
+    store.dispose()
+    runs = []
+    for _ in range(2):
+        centers = DemoCenters(Settings()).start(url)
+        try:
+            backlog = asyncio.run(centers.drain(30))
+            _notifications(centers, backlog)
+            runs.append((len(centers.hook.messages()), capsys.readouterr().out))
+        finally:
+            centers.stop()
+    (first_told, first), (second_told, second) = runs
+    assert first_told == 1 and "kept from an earlier run" not in first
+    assert second_told == 0
+    assert "notifications                0   messages" in second
+    assert "kept from an earlier run, whose channels were told of 1 alert:" in second
+    assert "without FUNDWATCH_DB_URL the demo starts a store of its own" in second
+
+
 def test_demo_end_to_end_on_a_configured_cluster(broker, tmp_path):
     """`fundwatch demo` against an already running broker: it must use it (start no
     broker of its own), stream, print alerts and a summary that reconciles, exit 0."""
