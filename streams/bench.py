@@ -354,7 +354,7 @@ def say_targets(verdicts: dict) -> None:
              f"{verdict['measured'] if verdict['measured'] is not None else '-'})")
 
 
-def scale_out(rounds: list[dict], records: int) -> dict:
+def scale_out(rounds: list[dict], records: int, cores: int | None = None) -> dict:
     """The scale-out figures of the bench's JSON from its rounds (each: workers →
     what :func:`_scale` measured): the rates are the rounds' means, and
     ``two_workers_ratio`` is the one of the means — a whole round's weight each —
@@ -368,6 +368,22 @@ def scale_out(rounds: list[dict], records: int) -> dict:
     (1.75, [2.0, 1.5])
     >>> out["one_worker_cores_busy"], out["two_workers_cpu_us_per_record"]
     ({'workers': 0.96, 'broker': 0.1}, 230.0)
+
+    A rate is the workers' cores busy over their CPU per record, so the ratio parts
+    into what the machine gave two workers against one (``two_workers_cores_ratio``)
+    and what a record cost them against one (``two_workers_cpu_ratio``); and the
+    cores left to two workers beside the broker and the bench, over one worker's,
+    is about as far as two could go at one worker's CPU per record
+    (``two_workers_ceiling``; None without the cores busy of both, or the count
+    of ``cores``):
+
+    >>> out["two_workers_cores_ratio"], out["two_workers_cpu_ratio"]
+    (1.594, 0.92)
+    >>> scale_out([{1: run(4000.0, 250.0, 0.97) | {"cores_busy": {"workers": 1.0,
+    ...             "broker": 0.08, "bench": 0.06}}, 2: run(7000.0, 250.0, 1.75) |
+    ...             {"cores_busy": {"workers": 1.75, "broker": 0.16, "bench": 0.09}}}],
+    ...           62099, cores=2)["two_workers_ceiling"]
+    1.75
     """
     def mean(workers: int, *path: str) -> float | None:
         """The rounds' mean of one figure of ``workers``' runs (None if one lacks it)."""
@@ -385,6 +401,12 @@ def scale_out(rounds: list[dict], records: int) -> dict:
 
     one, two = mean(1, "events_per_s"), mean(2, "events_per_s")
     cpu = {w: mean(w, "cpu_us_per_record") for w in (1, 2)}
+    workers = {w: mean(w, "cores_busy", "workers") for w in (1, 2)}
+    beside = [mean(2, "cores_busy", who) for who in ("broker", "bench")
+              if who in rounds[0][2]["cores_busy"]]
+    ceiling = None
+    if cores and workers[1] and len(beside) == 2 and None not in beside:
+        ceiling = round((cores - sum(beside)) / workers[1], 3)
     return {"scale_records": records, "scale_rounds": len(rounds),
             "one_worker_events_per_s": round(one, 1),
             "two_workers_events_per_s": round(two, 1),
@@ -393,7 +415,11 @@ def scale_out(rounds: list[dict], records: int) -> dict:
                                    for r in rounds],
             "one_worker_cpu_us_per_record": cpu[1] and round(cpu[1], 1),
             "two_workers_cpu_us_per_record": cpu[2] and round(cpu[2], 1),
-            "one_worker_cores_busy": busy(1), "two_workers_cores_busy": busy(2)}
+            "one_worker_cores_busy": busy(1), "two_workers_cores_busy": busy(2),
+            "two_workers_cores_ratio": (round(workers[2] / workers[1], 3)
+                                        if workers[1] and workers[2] else None),
+            "two_workers_cpu_ratio": round(cpu[2] / cpu[1], 3) if cpu[1] and cpu[2] else None,
+            "two_workers_ceiling": ceiling}
 
 
 def run_bench(quick: bool = False, table_store: str = "memory",
@@ -463,11 +489,18 @@ def run_bench(quick: bool = False, table_store: str = "memory",
         "floor_share": round(t["events_per_s"] / floor["events_per_s"], 3),
         "latency_records": len(lat_events),
         "latency_rate_per_s": round(t["events_per_s"] / 2, 1),
-        **(scale_out(rounds, len(scale_events)) if rounds else {}),
+        **(scale_out(rounds, len(scale_events), os.cpu_count()) if rounds else {}),
         "partitions": base.partitions,
         "table_store": table_store,
         "cores": os.cpu_count(),
     }
+    if rounds and result["two_workers_cores_ratio"] and result["two_workers_cpu_ratio"]:
+        _say(f"two workers over one, {result['two_workers_ratio']:.3f}: the workers had "
+             f"{result['two_workers_cores_ratio']:.3f}× one worker's cores busy, at "
+             f"{result['two_workers_cpu_ratio']:.3f}× its CPU per record"
+             + (f"; with the broker and the bench beside them, {os.cpu_count()} cores "
+                f"left room for about {result['two_workers_ceiling']:.2f}× at one "
+                "worker's CPU per record" if result["two_workers_ceiling"] else ""))
     result["targets"] = targets(result)
     say_targets(result["targets"])
     return result
