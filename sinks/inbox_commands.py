@@ -58,7 +58,7 @@ def serve(args, settings: Settings) -> int:
     if not Users(store).count():
         print("no users yet: add one with `fundwatch users add NAME --region R "
               "--password-stdin`", file=sys.stderr)
-    print(f"inbox on http://{args.host}:{args.port}/ (alert store {store.url})", flush=True)
+    print(f"inbox on http://{args.host}:{args.port}/ (alert store {store.shown_url})", flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:

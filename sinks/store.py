@@ -282,11 +282,24 @@ def store_engine(url: str):
     return create_engine(url)
 
 
+def shown_url(url: str) -> str:
+    """A store's URL as a screen or a log may show it: without its password.
+
+    >>> shown_url("postgresql+psycopg://fundwatch:s3cret@db:5432/fundwatch")
+    'postgresql+psycopg://fundwatch:***@db:5432/fundwatch'
+    >>> shown_url("sqlite:////srv/fundwatch/alerts.db")
+    'sqlite:////srv/fundwatch/alerts.db'
+    """
+    return make_url(url).render_as_string(hide_password=True)
+
+
 class AlertStore:
     """The alerts, their sides' statuses and audit trail, and the notification outbox."""
 
     def __init__(self, url: str) -> None:
         self.url = url
+        # For screens and logs: a PostgreSQL URL may carry the password.
+        self.shown_url = shown_url(url)
         memory = url in IN_MEMORY
         self.engine = store_engine(url)
         if self.engine.dialect.name == "sqlite":

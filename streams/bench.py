@@ -436,7 +436,7 @@ def run_bench(quick: bool = False, table_store: str = "memory",
         t = asyncio.run(_throughput(s1, events, out))
         # Right after phase 1, so that the machine's drift weighs little on the share.
         s_floor = without_rules(_phase_settings(base, "floor", out), out)
-        floor = asyncio.run(_throughput(s_floor, events, out, phase="floor, every rule off",
+        floor = asyncio.run(_throughput(s_floor, events, out, phase="floor",
                                         raw_consumer=False))
         lat_events = events[: max(200, int(t["events_per_s"] * (5 if quick else 20)))]
         lat = asyncio.run(_latency(s2, lat_events, t["events_per_s"] / 2, out))

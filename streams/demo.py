@@ -380,7 +380,7 @@ def _notifications(centers: DemoCenters, backlog: int) -> None:
     print(f"notifications        {len(messages):>9,}   messages to the local webhook "
           f"({digests} digests), {backlog} left in the outbox")
     if centers.told_before:
-        print(f"  the alert store ({centers.store.url}) was kept from an earlier run, whose "
+        print("  the alert store named by FUNDWATCH_DB_URL was kept from an earlier run, whose "
               f"channels were told of {centers.told_before:,} alert"
               f"{'' if centers.told_before == 1 else 's'}: a channel is told of "
               "an alert once, so those it knew were not told again (without "
@@ -431,7 +431,7 @@ def _summary(settings: Settings, books: dict, sim, o, store: AlertStore, total: 
     _findings(o)
     _pools_table(settings, books)
     _structural(settings, o, books)
-    print(f"alert store          {store.url}  ({store.count():,} alerts)")
+    print(f"alert store          {store.shown_url}  ({store.count():,} alerts)")
     if centers is not None:
         _notifications(centers, backlog)
     print(f"elapsed              {elapsed:>9.1f} s")
