@@ -148,7 +148,6 @@ def test_a_quiet_consumer_waits_longer_and_shortens_with_the_first_record(broker
     """streams.app's fetch waits on a real aiokafka fetcher and Tansu: the short wait
     while records come, the quiet one after ``quiet_after_s`` with none, the short one
     again with the fetch that brings the next record."""
-    import time
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
