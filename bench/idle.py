@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infra.broker import EmbeddedBroker
 from infra.config import Settings
 from streams.bench import _cpu_now, _cpu_used, _phase_settings, _until_accounted
-from streams.live import Watcher, produce, start_worker, stop_worker
+from streams.live import produce, watched_workers
 from streams.simulate import simulate
 
 SETTLE_S = 25.0  # past the group's joining and the first quiet second
@@ -38,20 +38,14 @@ SETTLE_S = 25.0  # past the group's joining and the first quiet second
 
 async def idle_cores(settings: Settings, record: bytes, workers: int, seconds: float,
                      broker, out: Path) -> dict:
-    watcher = Watcher(settings)
-    await watcher.start()
-    procs = [start_worker(settings, out / f"idle-{workers}-{n}.log") for n in range(workers)]
-    try:
+    logs = [out / f"idle-{workers}-{n}.log" for n in range(workers)]
+    async with watched_workers(settings, logs) as (watcher, procs):
         await produce(settings, [record])
         await _until_accounted(watcher, procs[0], 1, 180)
         await watcher.until(lambda o: False, SETTLE_S)
         before = _cpu_now(procs, broker)
         await asyncio.sleep(seconds)
         after = _cpu_now(procs, broker)
-    finally:
-        for proc in procs:
-            stop_worker(proc)
-        await watcher.stop()
     used, wall = _cpu_used(before, after)
     return {who: None if seconds is None else round(seconds / wall, 3)
             for who, seconds in used.items()}

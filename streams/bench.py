@@ -51,7 +51,7 @@ from infra.config import Settings
 from rules.core import discover
 from streams import heap
 from streams.app import load_registry
-from streams.live import Watcher, cpu_seconds, peak_rss_mb, produce, start_worker, stop_worker
+from streams.live import Watcher, cpu_seconds, peak_rss_mb, produce, watched_workers
 from streams.replay import replay_pipeline
 from streams.simulate import simulate
 
@@ -155,15 +155,9 @@ async def _throughput(settings: Settings, events: list[bytes], out: Path,
     if raw_consumer:
         raw = await raw_consumer_rate(settings, n)
         _say(f"raw aiokafka consumer: {raw:,.0f} records/s")
-    watcher = Watcher(settings)
-    await watcher.start()
-    worker = start_worker(settings, out / f"worker-{phase}.log")
-    try:
+    async with watched_workers(settings, [out / f"worker-{phase}.log"]) as (watcher, (worker,)):
         first, last = await _until_accounted(watcher, worker, n, 1800)
         rss = peak_rss_mb(worker)
-    finally:
-        stop_worker(worker)
-        await watcher.stop()
     rate = n / (last - first)
     _say(f"fundwatch worker ({phase}): {rate:,.0f} records/s "
          "(validate → admit → detect → alerts)")
@@ -200,11 +194,8 @@ async def _scale(settings: Settings, events: list[bytes], workers: int, out: Pat
     the workers, the broker, and this process (the producer and the watcher). On a
     machine of two cores those three share them, so a ratio below 2× with the
     workers' CPU per record unchanged is the cores' doing, not the workers'."""
-    watcher = Watcher(settings)
-    await watcher.start()
-    procs = [start_worker(settings, out / f"worker-scale{workers}-{n}.log")
-             for n in range(workers)]
-    try:
+    logs = [out / f"worker-scale{workers}-{n}.log" for n in range(workers)]
+    async with watched_workers(settings, logs) as (watcher, procs):
         await produce(settings, events[:1])          # warm-up: one record through
         await _until_accounted(watcher, procs[0], 1, 180)
         total = 2 * settings.partitions  # settlements and contributions
@@ -225,10 +216,6 @@ async def _scale(settings: Settings, events: list[bytes], workers: int, out: Pat
         first, last = await _until_accounted(watcher, procs[0], len(events), 1800, since)
         after = _cpu_now(procs, broker)
         await produced
-    finally:
-        for proc in procs:
-            stop_worker(proc)
-        await watcher.stop()
     # The workers' CPU for the stream (and up to a second of their idling after it,
     # until the watcher saw it through): whether n workers do the work of one, apart
     # from what the cores they share with the broker and the producer allow them.
@@ -263,10 +250,7 @@ def _cpu_used(before: dict, after: dict) -> tuple[dict, float]:
 
 
 async def _latency(settings: Settings, events: list[bytes], rate: float, out: Path) -> dict:
-    watcher = Watcher(settings)
-    await watcher.start()
-    worker = start_worker(settings, out / "worker-latency.log")
-    try:
+    async with watched_workers(settings, [out / "worker-latency.log"]) as (watcher, (worker,)):
         await produce(settings, events[:1])          # warm-up: the group has joined when
         await _until_accounted(watcher, worker, 1, 120)  # this one record is through
         _say(f"latency: producing {len(events) - 1:,} records at {rate:,.0f}/s")
@@ -274,9 +258,6 @@ async def _latency(settings: Settings, events: list[bytes], rate: float, out: Pa
         await _until_accounted(watcher, worker, len(events), 1800)
         await watcher.until(lambda o: False, 1.5)    # the worker's next metrics
         rss = peak_rss_mb(worker)
-    finally:
-        stop_worker(worker)
-        await watcher.stop()
     (summary,) = watcher.observed.latency.values()
     return {"latency_p50_s": summary["p50_s"], "latency_p99_s": summary["p99_s"],
             "latency_max_s": summary["max_s"], "peak_rss_mb": rss}

@@ -8,6 +8,7 @@ metrics — so they share this module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -338,6 +339,25 @@ class Watcher:
     async def stop(self) -> None:
         if self._consumer:
             await self._consumer.stop()
+
+
+@contextlib.asynccontextmanager
+async def watched_workers(settings: Settings, logs: Iterable[Path]):
+    """A :class:`Watcher` of ``settings``' deployment and one ``fundwatch worker`` per
+    log file, started in that order; yields (watcher, workers) and stops the workers,
+    then the watcher, however the block ends: what each phase of a benchmark runs in
+    (``streams.bench``, ``bench/idle.py``)."""
+    watcher = Watcher(settings)
+    await watcher.start()
+    workers: list[subprocess.Popen] = []
+    try:
+        for log in logs:
+            workers.append(start_worker(settings, log))
+        yield watcher, workers
+    finally:
+        for worker in workers:
+            stop_worker(worker)
+        await watcher.stop()
 
 
 async def hand_over(settings: Settings, lines: list[bytes], leaving: subprocess.Popen,
