@@ -1,13 +1,19 @@
 """The bench's view of a consumer group (streams.live.Observed), from the metrics the
-workers publish: no broker needed. The bench itself (`fundwatch bench`) is a
-benchmark, not a test: its figures are in the README."""
+workers publish: no broker needed; and what each of its phases runs in
+(streams.live.watched_workers), on the embedded broker. The bench itself
+(`fundwatch bench`) is a benchmark, not a test: its figures are in the README."""
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
 
-from streams.live import Observed, cpu_seconds
+import pytest
+
+from streams.bench import _until_accounted
+from streams.live import Observed, cpu_seconds, produce, watched_workers
+from streams.simulate import simulate
 
 
 def report(routed: int, instance: str, handled: dict, age_s: float = 0.0):
@@ -91,3 +97,23 @@ def test_the_latency_summary_is_the_order_statistics_of_the_reservoir():
         assert summary["p50_s"] == round(ordered[min(size - 1, int(0.5 * size))], 4)
         assert summary["p99_s"] == round(ordered[min(size - 1, int(0.99 * size))], 4)
         assert summary["max_s"] == round(max(recorder.max, ordered[-1]), 4)
+
+
+def test_a_bench_phase_stops_its_worker_and_watcher_when_it_fails(live_settings, tmp_path):
+    """A phase that fails part-way (a worker that never catches up, say) must not
+    leave its worker running beside the next phase's, measuring both."""
+    phase = {}
+
+    async def failing_phase():
+        async with watched_workers(live_settings, [tmp_path / "worker.log"]) as (
+                watcher, (worker,)):
+            phase.update(worker=worker, watcher=watcher)
+            await produce(live_settings, simulate(days=1, seed=11).events[:1])
+            await _until_accounted(watcher, worker, 1, 120)  # the worker does work
+            assert worker.poll() is None
+            raise RuntimeError("the phase failed")
+
+    with pytest.raises(RuntimeError, match="the phase failed"):
+        asyncio.run(failing_phase())
+    assert phase["worker"].poll() is not None, "the worker was left running"
+    assert phase["watcher"]._consumer._closed, "the watcher's consumer was left open"
