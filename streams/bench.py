@@ -451,8 +451,6 @@ def run_bench(quick: bool = False, table_store: str = "memory",
                          + "; cores busy: " + ", ".join(
                              f"{who} {c}" for who, c in scaled["cores_busy"].items()
                              if c is not None))
-            _say("two workers over one, per round: " + ", ".join(
-                f"{r[2]['events_per_s'] / r[1]['events_per_s']:.3f}" for r in rounds))
     result = {
         "events_per_s": round(t["events_per_s"], 1),
         "raw_consumer_events_per_s": round(t["raw_consumer_events_per_s"], 1),
@@ -475,6 +473,9 @@ def run_bench(quick: bool = False, table_store: str = "memory",
         "table_store": table_store,
         "cores": os.cpu_count(),
     }
+    if rounds:
+        _say("two workers over one, per round: " + ", ".join(
+            f"{ratio:.3f}" for ratio in result["two_workers_ratios"]))
     if rounds and result["two_workers_cores_ratio"] and result["two_workers_cpu_ratio"]:
         _say(f"two workers over one, {result['two_workers_ratio']:.3f}: the workers had "
              f"{result['two_workers_cores_ratio']:.3f}× one worker's cores busy, at "
