@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping
 
 from streams.watermark import DEFAULT_LATENESS_S
 
@@ -183,11 +183,11 @@ class Settings:
                             "(SSL or SASL_SSL uses them)")
         return problems
 
-    def with_(self, **changes) -> "Settings":
+    def with_(self, **changes) -> Settings:
         return replace(self, **changes)
 
     @classmethod
-    def load(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def load(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         values: dict = {}
         path = env.get("FUNDWATCH_CONFIG")

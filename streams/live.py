@@ -15,9 +15,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterable
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -45,10 +45,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"],
-                            env=settings_env(settings), stdout=log, stderr=log,
-                            stdin=subprocess.DEVNULL)
+    # The worker gets a descriptor of its own for the log; this process's is closed
+    # (it was kept open for as long as this process ran, one per worker started).
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"],
+                                env=settings_env(settings), stdout=log, stderr=log,
+                                stdin=subprocess.DEVNULL)
 
 
 def peak_rss_mb(proc: subprocess.Popen) -> float | None:
@@ -405,7 +407,7 @@ async def read_table_async(settings: Settings, table: str, prefix: str = ""
         parts = [TopicPartition(topic, p)
                  for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - first contact
+            await consumer._client.force_metadata_update()  # first contact: no metadata yet
             parts = [TopicPartition(topic, p)
                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not parts:
