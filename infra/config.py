@@ -78,6 +78,11 @@ class Settings:
     session_timeout_s: float = 10.0
     rebalance_timeout_s: float = 4.0
     heartbeat_interval_s: float = 1.0
+    # A worker asked to stop (SIGTERM, Ctrl-C) that has not ended this long after its
+    # consumer stopped ends its process (streams.app.stop_within): with the broker
+    # gone, Faust's stop waits on the producer's flush for up to its request timeout,
+    # 20 minutes. Nothing is lost by it, as after a SIGKILL.
+    stop_deadline_s: float = 30.0
     # How long a consumer's fetch may wait at the broker for data. Faust fixes it at
     # 1,500 ms; Tansu answers a waiting fetch only when that time is up, not when
     # data arrives (measured: 650–1,400 ms from send to receive with 1,500, 2 ms
@@ -212,7 +217,8 @@ _INTS = {"partitions", "replication_factor", "allowed_lateness_s", "fetch_max_wa
 _MAY_BE_ZERO = {"standby_replicas", "ledger_retention_days", "fetch_quiet_wait_ms"}
 _CHOICES = {"table_store": ("memory", "rocksdb"),
             "compression_type": ("zstd", "lz4", "snappy", "gzip", "none")}
-_FLOATS = {"session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s"}
+_FLOATS = {"session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s",
+           "stop_deadline_s"}
 
 
 def _coerce(name: str, raw, where: str):
@@ -223,7 +229,10 @@ def _coerce(name: str, raw, where: str):
                 raise ValueError(f"must be at least {0 if name in _MAY_BE_ZERO else 1}")
             return value
         if name in _FLOATS:
-            return float(raw)
+            value = float(raw)
+            if not value > 0:  # (a NaN is not either)
+                raise ValueError("must be more than 0")
+            return value
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {name} = {raw!r} is not valid ({exc})") from None
     if raw is not None and not isinstance(raw, str):

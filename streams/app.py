@@ -985,6 +985,34 @@ def stop_hard(stage: str, exc: Exception) -> None:
     os._exit(70)
 
 
+def stop_within(deadline_s: float):
+    """A receiver for the app's ``on_before_shutdown`` (sent once its consumer has
+    stopped) that ends the process if the stop has not ended ``deadline_s`` later.
+
+    Why: Faust's stop then flushes the producer, and with the broker gone that
+    waits for the producer's request timeout (Faust's default: 20 minutes; seen, a
+    worker asked to stop still there 12 minutes later), holding up whatever
+    supervises it. Ending the process loses nothing: offsets are committed only
+    after the producer has flushed, so the next worker reads again what this one
+    had not passed on, as after a SIGKILL.
+
+    >>> arm = stop_within(60.0)
+    >>> arm(None)   # the stop has begun: a daemon timer now runs out in 60 s
+    >>> [t.name for t in threading.enumerate() if t.name == "fundwatch-stop-deadline"]
+    ['fundwatch-stop-deadline']
+    >>> arm.timer.cancel()
+    """
+    def arm(app, **kwargs) -> None:
+        arm.timer = threading.Timer(deadline_s, stop_hard, args=(
+            "stop", TimeoutError(f"not stopped within {deadline_s:g} s of being asked "
+                                 "(is the broker unreachable?)")))
+        arm.timer.name = "fundwatch-stop-deadline"
+        arm.timer.daemon = True
+        arm.timer.start()
+
+    return arm
+
+
 def load_registry(settings: Settings) -> Registry | None:
     return Registry.load(settings.pools_path) if settings.pools_path else None
 
@@ -1010,10 +1038,12 @@ def admission_key(event) -> str:
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
-    """Run one worker until stopped (SIGTERM / Ctrl-C stop it cleanly)."""
+    """Run one worker until stopped (SIGTERM / Ctrl-C stop it cleanly; one that has
+    not ended ``settings.stop_deadline_s`` later ends its process: stop_within)."""
     from faust.worker import Worker
 
     app = build_app(settings)
+    app.on_before_shutdown.connect(stop_within(settings.stop_deadline_s))
     worker = Worker(app, loglevel=loglevel, quiet=True)
     with heap.settled():  # the collector visited the whole start-up heap every second
         worker.execute_from_commandline()

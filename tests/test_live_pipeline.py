@@ -144,6 +144,53 @@ def test_killed_worker_restarts_and_still_knows_duplicates(live_settings):
     assert alert["evidence"]["settlement_count"] == 5
 
 
+def test_a_worker_asked_to_stop_with_its_broker_gone_ends_by_its_deadline(tmp_path):
+    """Faust's stop flushes the producer, which with the broker gone waits for the
+    producer's request timeout (20 minutes by default): a supervisor stopping a worker
+    during a broker outage waited with it. The worker now ends itself
+    ``stop_deadline_s`` after its consumer stopped, exit code 70 as for any hard stop
+    (nothing is committed past what it had not passed on). A broker of the test's own:
+    the session's is needed by the others."""
+    import signal
+    import subprocess
+    import uuid
+
+    from infra.broker import EmbeddedBroker, ensure_topics
+    from infra.config import Settings
+    from tests.live_support import GROUP_TIMEOUTS
+
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(topic_prefix=f"t{tag}.", app_id=f"fundwatch-{tag}", partitions=2,
+                        data_dir=str(tmp_path / "data"),
+                        db_url=f"sqlite:///{tmp_path / 'alerts.db'}", stop_deadline_s=3.0,
+                        **GROUP_TIMEOUTS)
+    log = tmp_path / "worker.log"
+    with EmbeddedBroker(settings, log_path=tmp_path / "broker.log") as broker:
+        settings = settings.with_(bootstrap_servers=broker.bootstrap_servers)
+        ensure_topics(broker.bootstrap_servers, settings)
+        worker = start_worker(settings, log)
+        try:
+            o = asyncio.run(run_through_worker(settings, worker, [dumps(unfiled_stay(1))], 1))
+            assert o.count("accepted") == 1                     # it worked, with its broker
+        except BaseException:
+            stop_worker(worker, hard=True)
+            raise
+    try:
+        time.sleep(1.0)                                         # the broker is gone
+        asked = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the worker was still there 60 s after SIGTERM") from None
+        took = time.monotonic() - asked
+    finally:
+        stop_worker(worker, hard=True)
+    assert worker.returncode == 70
+    assert 3.0 <= took < 30, took
+    assert "not stopped within 3 s of being asked" in log.read_text(errors="replace")
+
+
 def test_a_quiet_consumer_waits_longer_and_shortens_with_the_first_record(broker):
     """streams.app's fetch waits on a real aiokafka fetcher and Tansu: the short wait
     while records come, the quiet one after ``quiet_after_s`` with none, the short one
