@@ -1004,7 +1004,7 @@ def stop_within(deadline_s: float):
     """
     def arm(app, **kwargs) -> None:
         arm.timer = threading.Timer(deadline_s, stop_hard, args=(
-            "stop", TimeoutError(f"not stopped within {deadline_s:g} s of being asked "
+            "stop", TimeoutError(f"the stop did not end within {deadline_s:g} s "
                                  "(is the broker unreachable?)")))
         arm.timer.name = "fundwatch-stop-deadline"
         arm.timer.daemon = True
