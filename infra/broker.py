@@ -12,6 +12,7 @@ exit — normal exit, Ctrl-C, an exception, or (on Linux) the parent dying, thro
 """
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import ctypes
@@ -19,11 +20,12 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
 
-from infra.config import Settings
+from infra.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,14 @@ class EmbeddedBroker:
     """A Tansu broker process for local runs and tests; a context manager."""
 
     def __init__(self, settings: Settings, port: int | None = None,
-                 log_path: str | Path | None = None, startup_timeout_s: float = 30.0):
+                 log_path: str | Path | None = None, startup_timeout_s: float = 30.0,
+                 advertised_port: int | None = None):
         self.settings = settings
         self.port = port or free_port()
+        # Clients are sent to this port (Kafka's advertised listener): another
+        # listener in front of the broker, as a TLS and SASL front is in the tests.
+        # Then the broker is reached only through it, with settings' security.
+        self.advertised_port = advertised_port or self.port
         self.log_path = Path(log_path) if log_path else None
         self.startup_timeout_s = startup_timeout_s
         self.process: subprocess.Popen | None = None
@@ -66,12 +73,12 @@ class EmbeddedBroker:
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
-    def start(self) -> "EmbeddedBroker":
-        url = f"tcp://127.0.0.1:{self.port}"
-        cmd = [tansu_binary(), "broker", "--listener-url", url,
-               "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+    def start(self) -> EmbeddedBroker:
+        cmd = [tansu_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
+               "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
+               "--storage-engine", "memory://tansu/"]
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "ab")
@@ -97,7 +104,7 @@ class EmbeddedBroker:
                 raise BrokerError(f"Tansu exited with code {self.process.returncode} at start"
                                   + (f"; see {self.log_path}" if self.log_path else ""))
             try:
-                _metadata(self.bootstrap_servers)
+                _metadata(self.bootstrap_servers, self.settings)
                 return
             except Exception as exc:  # not listening yet
                 last = exc
@@ -120,18 +127,19 @@ class EmbeddedBroker:
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
 
-def _metadata(bootstrap: str) -> None:
+def _metadata(bootstrap: str, settings: Settings) -> None:
     """One Kafka metadata round trip, proving the broker speaks the protocol."""
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000,
+                             **kafka_client_options(settings))
     try:
         admin.list_topics()
     finally:
@@ -139,18 +147,25 @@ def _metadata(bootstrap: str) -> None:
 
 
 def kafka_client_options(settings: Settings) -> dict:
-    """Security options in kafka-python/aiokafka spelling, for a real cluster."""
+    """The cluster's security options for a Kafka client, in the spelling aiokafka and
+    kafka-python share: the TLS files go in as one ``ssl_context``, as aiokafka takes
+    them (it refuses ``ssl_cafile`` and its kin), built by ``Settings.ssl_context`` as
+    the worker's own (Faust's) clients get it.
+
+    >>> kafka_client_options(Settings())
+    {'security_protocol': 'PLAINTEXT'}
+    >>> sorted(kafka_client_options(Settings(security_protocol="SASL_SSL",
+    ...     sasl_mechanism="SCRAM-SHA-512", sasl_username="w", sasl_password="p")))
+    ['sasl_mechanism', 'sasl_plain_password', 'sasl_plain_username', 'security_protocol', 'ssl_context']
+    """
     opts: dict = {"security_protocol": settings.security_protocol}
     if settings.sasl_mechanism:
         opts.update(sasl_mechanism=settings.sasl_mechanism,
                     sasl_plain_username=settings.sasl_username,
                     sasl_plain_password=settings.sasl_password)
-    if settings.ssl_cafile:
-        opts["ssl_cafile"] = settings.ssl_cafile
-    if settings.ssl_certfile:
-        opts["ssl_certfile"] = settings.ssl_certfile
-    if settings.ssl_keyfile:
-        opts["ssl_keyfile"] = settings.ssl_keyfile
+    context = settings.ssl_context()
+    if context is not None:
+        opts["ssl_context"] = context
     return opts
 
 
@@ -183,9 +198,71 @@ def ensure_topics(bootstrap: str, settings: Settings) -> list[str]:
         admin.close()
 
 
+def check_access(settings: Settings, timeout_s: float = 15.0) -> None:
+    """Connect to each bootstrap server as every client of the worker will (TLS, SASL)
+    and make one request; raise ``ConfigError`` naming the settings to check when the
+    cluster refuses them: an untrusted broker certificate, a TLS handshake the
+    listener refuses (no client certificate, or no TLS there), failed authentication,
+    a mechanism not offered. Kafka's clients retry those as if the broker were down
+    (kafka-python for 30 s, Faust until its producer gives up), and the worker said
+    only "Unable to bootstrap". A server that is down or slow is no configuration
+    error: that is logged, and the worker goes on as before."""
+    asyncio.run(_check_access(settings, timeout_s))
+
+
+async def _check_access(settings: Settings, timeout_s: float) -> None:
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import (
+        KafkaConnectionError,
+        SaslAuthenticationFailed,
+        UnsupportedSaslMechanismError,
+    )
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    options = kafka_client_options(settings)
+    for server in settings.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(create_conn(
+                host, int(port), request_timeout_ms=int(timeout_s * 1000), **options), timeout_s)
+            try:
+                # TLS 1.3 sends a refused client certificate's alert after the
+                # handshake: the first answer read shows it.
+                await asyncio.wait_for(conn.send(MetadataRequest([])), timeout_s)
+            finally:
+                conn.close()
+        except SaslAuthenticationFailed as exc:
+            raise ConfigError(
+                f"the cluster at {server} refused {settings.sasl_mechanism} authentication "
+                f"as {settings.sasl_username!r} ({exc}): check FUNDWATCH_SASL_USERNAME and "
+                "FUNDWATCH_SASL_PASSWORD") from None
+        except UnsupportedSaslMechanismError as exc:
+            raise ConfigError(f"the cluster at {server} does not offer {settings.sasl_mechanism} "
+                              f"({exc}): check FUNDWATCH_SASL_MECHANISM") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise ConfigError(
+                f"the broker at {server} is not trusted: {exc.verify_message}: check "
+                f"FUNDWATCH_SSL_CAFILE, and that {host} is a name in its certificate") from None
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"the broker at {server} refused the TLS handshake ({exc.reason or exc}): "
+                "check FUNDWATCH_SSL_CERTFILE and FUNDWATCH_SSL_KEYFILE (a client certificate "
+                "it trusts) and FUNDWATCH_SECURITY_PROTOCOL (a TLS listener there)") from None
+        except KafkaConnectionError as exc:
+            # Also what a broker restarting does: said, not fatal.
+            log.warning("the cluster at %s closed the connection before answering (%s): a "
+                        "listener that wants another FUNDWATCH_SECURITY_PROTOCOL, or a client "
+                        "certificate it trusts (FUNDWATCH_SSL_CERTFILE), does this", server, exc)
+        except Exception as exc:  # noqa: BLE001 - down or slow, not wrongly configured
+            log.warning("could not reach the cluster at %s to check its settings (%s: %s)",
+                        server, type(exc).__name__, exc)
+
+
 def prepare_cluster(settings: Settings) -> None:
-    """On a configured cluster, create fundwatch's topics if they are missing; where
-    the account may not create topics, say so and go on (an operator made them)."""
+    """On a configured cluster, check that it takes the security settings (else
+    ``ConfigError``), then create fundwatch's topics if they are missing; where the
+    account may not create topics, say so and go on (an operator made them)."""
+    check_access(settings)
     try:
         created = ensure_topics(settings.bootstrap_servers, settings)
     except Exception as exc:  # noqa: BLE001 - permissions differ per cluster

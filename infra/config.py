@@ -21,6 +21,7 @@ whose keys are the lower-case setting names below, e.g.::
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -186,7 +187,42 @@ class Settings:
         if (self.ssl_cafile or self.ssl_certfile) and not protocol.endswith("SSL"):
             problems.append(f"TLS files are set but FUNDWATCH_SECURITY_PROTOCOL is {protocol} "
                             "(SSL or SASL_SSL uses them)")
+        if not problems:
+            # Files that exist but hold no certificate, or a key that is not the
+            # certificate's: said at start, not as a worker's traceback.
+            try:
+                self.ssl_context()
+            except ConfigError as exc:
+                problems.append(str(exc))
         return problems
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of every connection to the cluster (``SSL`` and
+        ``SASL_SSL``), the worker's (Faust's) and every other client's: the broker's
+        certificate checked against ``FUNDWATCH_SSL_CAFILE`` (the system's
+        authorities without it) and its host name against the address dialled; the
+        client certificate, when the cluster asks for one. None for plaintext.
+
+        >>> Settings().ssl_context() is None
+        True
+        >>> Settings(security_protocol="SASL_SSL").ssl_context().check_hostname
+        True
+        """
+        if not self.security_protocol.upper().endswith("SSL"):
+            return None
+        try:
+            context = ssl.create_default_context(cafile=self.ssl_cafile)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"FUNDWATCH_SSL_CAFILE: {self.ssl_cafile} holds no certificate "
+                              f"authority usable for TLS ({exc})") from None
+        if self.ssl_certfile:
+            try:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(f"FUNDWATCH_SSL_CERTFILE and FUNDWATCH_SSL_KEYFILE: "
+                                  f"{self.ssl_certfile} and {self.ssl_keyfile} are not a "
+                                  f"certificate and its key ({exc})") from None
+        return context
 
     def with_(self, **changes) -> Settings:
         return replace(self, **changes)

@@ -27,7 +27,6 @@ import contextlib
 import logging
 import os
 import socket
-import ssl
 import threading
 import time
 import uuid
@@ -70,19 +69,10 @@ def _credentials(settings: Settings):
         return faust.SASLCredentials(username=settings.sasl_username,
                                      password=settings.sasl_password,
                                      mechanism=settings.sasl_mechanism,
-                                     ssl_context=_ssl_context(settings))
+                                     ssl_context=settings.ssl_context())
     if settings.security_protocol.upper() == "SSL":
-        return faust.SSLCredentials(_ssl_context(settings))
+        return faust.SSLCredentials(settings.ssl_context())
     return None
-
-
-def _ssl_context(settings: Settings):
-    if "SSL" not in settings.security_protocol.upper():
-        return None
-    context = ssl.create_default_context(cafile=settings.ssl_cafile)
-    if settings.ssl_certfile:
-        context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
-    return context
 
 
 class FetchWait:

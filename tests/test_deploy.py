@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import trustme
 import yaml
 
 from infra.config import ConfigError, Settings
@@ -23,7 +24,7 @@ def _worker_env(tmp_path) -> dict[str, str]:
     values = {"FUNDWATCH_SASL_PASSWORD": "s3cret", "POSTGRES_PASSWORD": "pg"}
     env = {k: re.sub(r"\$\{(\w+):\?[^}]*\}", lambda m: values[m.group(1)], str(v))
            for k, v in env.items()}
-    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n", encoding="utf-8")
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "ca.pem"))  # the cluster's authority
     (tmp_path / "fundwatch.toml").write_text("[rules.phantom_bed]\nwarmup = 200\n",
                                              encoding="utf-8")
     env["FUNDWATCH_SSL_CAFILE"] = str(tmp_path / "ca.pem")

@@ -1,0 +1,277 @@
+"""A TLS and SASL listener in front of the embedded broker, for the security tests.
+
+A real cluster takes the workers on a SASL_SSL listener (``infra/deploy``). Tansu
+0.6 cannot be one here: its ``--cert`` and ``--key`` cannot be given together,
+and ``--authentication`` checks users that only ``tansu user create`` makes, which
+a broker that already requires authentication refuses, while its memory storage
+forgets them at restart (its PostgreSQL storage is not in this build). So this
+front stands in for the cluster's listener — the one part that cannot run here,
+written to the Kafka protocol: it ends TLS (with the client certificate checked,
+when asked), answers the SASL handshake and authentication itself (PLAIN and
+SCRAM-SHA-256/512, RFC 5802, the server's proof included), and from then on
+relays the connection's bytes to the real broker, which advertises the front's
+port, so that every client connection, the group's and the changelogs' included,
+comes through it. A client that sends anything else before authenticating is
+dropped, as Kafka drops it.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+import ssl
+import struct
+import threading
+from pathlib import Path
+
+from infra.broker import free_port
+
+API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
+UNSUPPORTED_SASL_MECHANISM, ILLEGAL_SASL_STATE, SASL_AUTHENTICATION_FAILED = 33, 34, 58
+SCRAM_ITERATIONS = 4096
+
+
+class Certificates:
+    """A test authority, the broker's certificate for 127.0.0.1 and a worker's
+    client certificate, as PEM files under ``directory`` (trustme)."""
+
+    def __init__(self, directory: Path) -> None:
+        import trustme
+
+        self.authority = trustme.CA()
+        self.server = self.authority.issue_cert("127.0.0.1", "localhost")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.cafile = str(directory / "ca.pem")
+        self.authority.cert_pem.write_to_path(self.cafile)
+        client = self.authority.issue_cert("fundwatch-worker")
+        self.client_certfile = str(directory / "worker.pem")
+        self.client_keyfile = str(directory / "worker.key")
+        client.cert_chain_pems[0].write_to_path(self.client_certfile)
+        client.private_key_pem.write_to_path(self.client_keyfile)
+
+
+class SecureFront:
+    """127.0.0.1:``port`` with TLS (and SASL when ``users`` are given), relayed to the
+    broker at 127.0.0.1:``upstream_port``. ``sessions`` lists (user, mechanism) of
+    every authenticated connection, ``refused`` why each refused one was refused.
+    Its own event loop runs in a thread (asyncio's TLS works on one thread's memory
+    buffers: an SSL socket read and written from two threads is not safe)."""
+
+    def __init__(self, certificates: Certificates, users: dict[str, str] | None = None,
+                 require_client_certificate: bool = False) -> None:
+        self.port, self.upstream_port = free_port(), free_port()
+        self.users = users
+        self.sessions: list[tuple[str, str]] = []
+        self.refused: list[str] = []
+        self.tls_connections = 0
+        self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        certificates.server.configure_cert(self._tls)
+        if require_client_certificate:
+            self._tls.verify_mode = ssl.CERT_REQUIRED
+            certificates.authority.configure_trust(self._tls)
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        threading.Thread(target=self._run, args=(ready,), daemon=True,
+                         name="secure-front").start()
+        ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._serve, "127.0.0.1", self.port))
+        ready.set()
+        self._loop.run_forever()
+
+    def close(self) -> None:
+        def stop() -> None:
+            self._server.close()
+            self._loop.stop()
+        self._loop.call_soon_threadsafe(stop)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await writer.start_tls(self._tls)
+        except (ssl.SSLError, OSError) as exc:
+            self.refused.append(f"TLS: {exc}")
+            writer.close()
+            return
+        self.tls_connections += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1",
+                                                                 self.upstream_port)
+        except OSError:
+            writer.close()
+            return
+        try:
+            ok = self.users is None or await self._authenticate(reader, writer, up_reader,
+                                                                up_writer)
+        except (OSError, ValueError, struct.error, asyncio.IncompleteReadError):
+            ok = False
+        if not ok:
+            writer.close()
+            up_writer.close()
+            return
+        await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+
+    async def _authenticate(self, reader, writer, up_reader, up_writer) -> bool:
+        mechanism = None
+        scram = None
+        while True:
+            frame = await _read_frame(reader)
+            api_key, version, correlation = struct.unpack_from(">hhi", frame)
+            if api_key == API_VERSIONS:  # the broker says what it speaks
+                up_writer.write(_frame_bytes(frame))
+                writer.write(_frame_bytes(await _read_frame(up_reader)))
+                await writer.drain()
+                continue
+            body = frame[8 + 2 + max(0, struct.unpack_from(">h", frame, 8)[0]):]
+            if api_key == SASL_HANDSHAKE:
+                offered = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+                asked = _string(body, 0)
+                error = 0 if asked in offered else UNSUPPORTED_SASL_MECHANISM
+                mechanism = asked if error == 0 else None
+                writer.write(_response(correlation, struct.pack(">hi", error, len(offered))
+                                       + b"".join(_pack_string(m) for m in offered)))
+                await writer.drain()
+                if error:
+                    self.refused.append(f"mechanism {asked} not offered")
+                    return False
+                continue
+            if api_key != SASL_AUTHENTICATE or mechanism is None or version > 2:
+                self.refused.append(f"request {api_key} v{version} before authentication")
+                return False
+            flexible = version >= 2  # compact fields and tagged fields (KIP-482)
+            if flexible:
+                body = body[1:]  # the request header's tagged fields: none
+                n, at = _uvarint(body, 0)
+                token = body[at:at + n - 1]
+            else:
+                token = body[4:4 + struct.unpack_from(">i", body)[0]]
+            if mechanism == "PLAIN":
+                _, user, password = token.decode().split("\0")
+                ok = self.users.get(user) == password
+                reply, done = b"", True
+            else:
+                scram = scram or _Scram(mechanism, self.users)
+                ok, reply, done = scram.step(token)
+                user = scram.user
+            error, message = (0, None) if ok else (
+                SASL_AUTHENTICATION_FAILED,
+                ("Authentication failed: invalid username or password"))
+            if flexible:
+                text = b"" if message is None else message.encode()
+                payload = (b"\0" + struct.pack(">h", error)  # header's tagged fields
+                           + (_varint(0) if message is None else _varint(len(text) + 1) + text)
+                           + _varint(len(reply) + 1) + reply + struct.pack(">q", 0) + b"\0")
+            else:
+                payload = (struct.pack(">h", error) + _pack_nullable(message)
+                           + struct.pack(">i", len(reply)) + reply)
+                if version >= 1:
+                    payload += struct.pack(">q", 0)  # session lifetime: none
+            writer.write(_response(correlation, payload))
+            await writer.drain()
+            if not ok:
+                self.refused.append(f"{mechanism} for {user!r}: wrong user or password")
+                return False
+            if done:
+                self.sessions.append((user, mechanism))
+                return True
+
+
+class _Scram:
+    """The server's side of SCRAM (RFC 5802, RFC 7677), one connection's exchange."""
+
+    def __init__(self, mechanism: str, users: dict[str, str]) -> None:
+        self.hash = hashlib.sha256 if mechanism == "SCRAM-SHA-256" else hashlib.sha512
+        self.users = users
+        self.user = None
+        self.first_bare = self.server_first = None
+
+    def step(self, token: bytes) -> tuple[bool, bytes, bool]:
+        message = token.decode()
+        if self.server_first is None:  # client-first: "n,,n=user,r=nonce"
+            self.first_bare = message.split(",", 2)[2]
+            fields = dict(f.split("=", 1) for f in self.first_bare.split(","))
+            self.user = fields["n"]
+            self.salt = os.urandom(16)
+            self.nonce = fields["r"] + base64.b64encode(os.urandom(18)).decode()
+            self.server_first = (f"r={self.nonce},s={base64.b64encode(self.salt).decode()},"
+                                 f"i={SCRAM_ITERATIONS}")
+            return True, self.server_first.encode(), False
+        # client-final: "c=biws,r=nonce,p=proof"
+        without_proof, _, proof = message.rpartition(",p=")
+        fields = dict(f.split("=", 1) for f in without_proof.split(","))
+        password = self.users.get(self.user)
+        if password is None or fields.get("r") != self.nonce:
+            return False, b"", True
+        salted = hashlib.pbkdf2_hmac(self.hash().name, password.encode(), self.salt,
+                                     SCRAM_ITERATIONS)
+        client_key = hmac.new(salted, b"Client Key", self.hash).digest()
+        auth_message = f"{self.first_bare},{self.server_first},{without_proof}".encode()
+        signature = hmac.new(self.hash(client_key).digest(), auth_message, self.hash).digest()
+        expected = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+        if not hmac.compare_digest(expected, base64.b64decode(proof)):
+            return False, b"", True
+        server_key = hmac.new(salted, b"Server Key", self.hash).digest()
+        server_signature = hmac.new(server_key, auth_message, self.hash).digest()
+        return True, b"v=" + base64.b64encode(server_signature), True
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    size = struct.unpack(">i", await reader.readexactly(4))[0]
+    return await reader.readexactly(size)
+
+
+def _frame_bytes(frame: bytes) -> bytes:
+    return struct.pack(">i", len(frame)) + frame
+
+
+def _response(correlation: int, payload: bytes) -> bytes:
+    return _frame_bytes(struct.pack(">i", correlation) + payload)
+
+
+def _string(data: bytes, at: int) -> str:
+    n = struct.unpack_from(">h", data, at)[0]
+    return data[at + 2:at + 2 + n].decode()
+
+
+def _uvarint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _pack_string(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack(">h", len(raw)) + raw
+
+
+def _pack_nullable(text: str | None) -> bytes:
+    return struct.pack(">h", -1) if text is None else _pack_string(text)
+
+
+async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    try:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    except OSError:
+        pass
+    finally:
+        sink.close()

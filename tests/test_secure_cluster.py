@@ -1,0 +1,172 @@
+"""The cluster's security settings, used for real: TLS with a client certificate and
+SASL (SCRAM and PLAIN), every client of fundwatch through them.
+
+A real cluster takes its workers on a SASL_SSL listener. The embedded broker cannot
+be one (Tansu 0.6; see ``tests/secure_front.py``), so a front stands in for the
+listener: it ends TLS, checks the client certificate, authenticates the client
+itself, then relays to the real broker, which advertises the front's address — so
+no client reaches the broker past it. Everything on fundwatch's side is real: the
+worker (Faust's clients and its table recovery), the topic set-up (kafka-python),
+the producer and the watcher (aiokafka), ``fundwatch replay --topic``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from infra.broker import EmbeddedBroker, check_access, ensure_topics, prepare_cluster
+from infra.config import ConfigError, Settings
+from sinks.store import AlertStore
+from streams.live import settings_env, start_worker, stop_worker
+from tests.factories import dumps, settlement
+from tests.live_support import GROUP_TIMEOUTS, run_through_worker, wait_until
+from tests.secure_front import Certificates, SecureFront
+
+pytestmark = pytest.mark.broker
+
+USER, PASSWORD = "fundwatch-worker", "s3cret-of-the-worker"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The embedded broker behind a SASL_SSL front that asks for client certificates."""
+    directory = tmp_path_factory.mktemp("secure")
+    certificates = Certificates(directory / "certs")
+    front = SecureFront(certificates, users={USER: PASSWORD}, require_client_certificate=True)
+    settings = Settings(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                        sasl_username=USER, sasl_password=PASSWORD,
+                        ssl_cafile=certificates.cafile, ssl_certfile=certificates.client_certfile,
+                        ssl_keyfile=certificates.client_keyfile)
+    with EmbeddedBroker(settings, port=front.upstream_port, advertised_port=front.port,
+                        log_path=directory / "tansu.log") as broker:
+        yield broker, front, settings.with_(bootstrap_servers=broker.bootstrap_servers)
+    front.close()
+
+
+def _pipeline(base: Settings, tmp_path: Path) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    return base.with_(topic_prefix=f"s{tag}.", app_id=f"fundwatch-{tag}", partitions=2,
+                      data_dir=str(tmp_path / "data"),
+                      db_url=f"sqlite:///{tmp_path / 'alerts.db'}", **GROUP_TIMEOUTS)
+
+
+def _unfiled_stays(n: int) -> list[bytes]:
+    return [dumps(settlement(
+        settlement_id=f"SEC-{i}", person_id=f"P-SEC-{i}", institution_id="H440100001",
+        insured_region="440900", treatment_region="440100", filing="none",
+        visit_type="inpatient", settled_at=f"2025-03-{10 + i:02d}T09:30:00+08:00",
+        admitted_on=f"2025-03-{5 + i:02d}", discharged_on=f"2025-03-{10 + i:02d}"))
+        for i in range(1, n + 1)]
+
+
+def test_the_whole_path_runs_over_sasl_ssl_with_a_client_certificate(cluster, tmp_path):
+    _, front, base = cluster
+    settings = _pipeline(base, tmp_path)
+    before = len(front.sessions)
+    assert ensure_topics(settings.bootstrap_servers, settings)  # kafka-python, through it
+    lines = _unfiled_stays(6)
+    worker = start_worker(settings, tmp_path / "worker.log")
+    try:
+        observed = asyncio.run(run_through_worker(settings, worker, lines, len(lines)))
+    finally:
+        stop_worker(worker)
+
+    assert observed.count("accepted") == 6
+    assert [a["rule_id"] for a in observed.alerts.values()] == ["unfiled_cross_region"]
+    assert AlertStore(settings.db_url).all() == list(observed.alerts.values())
+    # Every connection came through the front: TLS with this worker's certificate,
+    # then SCRAM-SHA-512 as the worker's user; none was refused. (The worker alone
+    # opens several: bootstrap, the group's coordinator, the producer, recovery.)
+    sessions = front.sessions[before:]
+    assert len(sessions) >= 5, sessions
+    assert set(sessions) == {(USER, "SCRAM-SHA-512")}
+    assert front.refused == []
+
+    # An auditor's replay of the deployment's topics, through the same settings, finds
+    # what the worker found.
+    alerts_out = tmp_path / "replayed.jsonl"
+    replay = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "replay", "--kafka", "--alerts-out",
+         str(alerts_out)],
+        env=settings_env(settings), capture_output=True, text=True, timeout=120, check=False)
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    replayed = [orjson.loads(line) for line in alerts_out.read_bytes().splitlines()]
+    assert {a["alert_id"]: a for a in replayed} == observed.alerts
+    assert front.refused == []
+
+
+def test_a_worker_with_a_wrong_password_says_so_and_stops(cluster, tmp_path):
+    _, front, base = cluster
+    settings = _pipeline(base, tmp_path).with_(sasl_password="not-the-password")
+    log = tmp_path / "worker.log"
+    started = time.monotonic()
+    worker = start_worker(settings, log)
+    try:
+        assert wait_until(lambda: worker.poll() is not None, 30), (
+            "a worker that cannot authenticate was still running after 30 s")
+    finally:
+        stop_worker(worker)
+    text = log.read_text(errors="replace")
+    assert worker.returncode == 2, text[-3000:]
+    # At once, not after the clients' retries (34 s before: kafka-python's 30 s, then
+    # Faust's "Unable to bootstrap"), naming the settings to check; exit code 2.
+    assert time.monotonic() - started < 20
+    assert (f"configuration error: the cluster at {settings.bootstrap_servers} refused "
+            f"SCRAM-SHA-512 authentication as '{USER}'") in text, text[-3000:]
+    assert "check FUNDWATCH_SASL_USERNAME and FUNDWATCH_SASL_PASSWORD" in text
+    assert any("wrong user or password" in why for why in front.refused)
+
+
+def test_a_broker_certificate_from_another_authority_is_refused(cluster, tmp_path):
+    _, _, base = cluster
+    stranger = Certificates(tmp_path / "other")
+    settings = _pipeline(base, tmp_path).with_(ssl_cafile=stranger.cafile)
+    with pytest.raises(ConfigError, match=re.escape(
+            f"the broker at {settings.bootstrap_servers} is not trusted: self-signed "
+            "certificate in certificate chain: check FUNDWATCH_SSL_CAFILE")):
+        prepare_cluster(settings)
+
+
+def test_a_client_without_its_certificate_is_turned_away_and_told_why(cluster, tmp_path,
+                                                                      caplog):
+    # The whole-path test's clients got in only with the worker's certificate: the
+    # front asks for one. Without, the connection closes after the handshake (TLS
+    # 1.3 refuses a client's certificate then), which a broker going down does too:
+    # the check says what to look at and lets the worker go on.
+    _, front, base = cluster
+    settings = _pipeline(base, tmp_path).with_(ssl_certfile=None, ssl_keyfile=None)
+    refused = len(front.refused)
+    with caplog.at_level(logging.WARNING, logger="infra.broker"):
+        check_access(settings, timeout_s=5)
+    assert any(why.startswith("TLS: ") for why in front.refused[refused:]), front.refused
+    assert (f"the cluster at {settings.bootstrap_servers} closed the connection before "
+            "answering") in caplog.text
+    assert "a client certificate it trusts (FUNDWATCH_SSL_CERTFILE)" in caplog.text
+
+
+@pytest.mark.parametrize("junk_in, problem", [
+    ("ssl_cafile", "FUNDWATCH_SSL_CAFILE: {junk} holds no certificate authority"),
+    ("ssl_keyfile", ("FUNDWATCH_SSL_CERTFILE and FUNDWATCH_SSL_KEYFILE: {cert} and {junk} "
+                     "are not a certificate and its key")),
+])
+def test_tls_files_that_are_not_certificates_stop_start_up_naming_the_variable(
+        tmp_path, junk_in, problem):
+    certificates = Certificates(tmp_path / "certs")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("this is not a PEM file\n")
+    files = {"ssl_cafile": certificates.cafile, "ssl_certfile": certificates.client_certfile,
+             "ssl_keyfile": certificates.client_keyfile, junk_in: str(junk)}
+    env = {"FUNDWATCH_SECURITY_PROTOCOL": "SSL",
+           **{f"FUNDWATCH_{name.upper()}": path for name, path in files.items()}}
+    expected = problem.format(junk=junk, cert=certificates.client_certfile)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        Settings.load(env=env)
