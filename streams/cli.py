@@ -97,6 +97,10 @@ def _replay(args, settings: Settings) -> int:
             print(f"fundwatch replay: {path}: no such file", file=sys.stderr)
             return 2
     registry = _load_registry(args.pools, settings)
+    if topics:
+        from infra.broker import check_access
+
+        check_access(settings)
     source = kafka_records(settings, topics, period) if topics else None
     progress = Progress(sum(Path(f).stat().st_size for f in args.files))
     timeline = None
@@ -178,8 +182,10 @@ def _rule_state(args, settings: Settings, registry, command: str, prefix: str
         print(f"fundwatch {command}: no deployment to read (FUNDWATCH_BOOTSTRAP_SERVERS is "
               "unset); give a FILE to replay instead", file=sys.stderr)
         return None
+    from infra.broker import check_access
     from streams.live import read_table
 
+    check_access(settings)
     return (read_table(settings, "rule-state", prefix=prefix),
             f"deployment {settings.app_id} at {settings.bootstrap_servers}")
 

@@ -126,6 +126,20 @@ def test_a_worker_with_a_wrong_password_says_so_and_stops(cluster, tmp_path):
     assert any("wrong user or password" in why for why in front.refused)
 
 
+@pytest.mark.parametrize("command", [["replay", "--kafka", "--alerts-out", "a.jsonl"],
+                                     ["pools"]])
+def test_the_commands_that_read_the_deployment_stop_on_a_wrong_password_too(
+        cluster, tmp_path, command):
+    _, _, base = cluster
+    settings = _pipeline(base, tmp_path).with_(sasl_password="not-the-password")
+    done = subprocess.run([sys.executable, "-m", "streams.cli", *command], cwd=tmp_path,
+                          env=settings_env(settings), capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert (f"fundwatch: configuration error: the cluster at {settings.bootstrap_servers} "
+            f"refused SCRAM-SHA-512 authentication as '{USER}'") in done.stderr
+
+
 def test_a_broker_certificate_from_another_authority_is_refused(cluster, tmp_path):
     _, _, base = cluster
     stranger = Certificates(tmp_path / "other")
