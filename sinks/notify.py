@@ -7,8 +7,9 @@ Two steps, both restartable at any point without losing or doubling anything:
    severity reached, sides) becomes one ``notifications`` row — the unique key makes a
    redelivered alert, a replay or a second dispatcher add nothing — and the
    alert's ``routed_revision`` moves on, in the same transaction. More evidence at
-   the same severity tells nobody again; an escalation tells every channel once
-   more; a region added to a joint review is told for the first time.
+   the same severity tells nobody again, nor does a lower one; an escalation tells
+   every channel once more; a region added to a joint review is told for the first
+   time.
 2. **Deliver** (:meth:`Dispatcher.deliver_due`): due rows are leased (so several
    dispatchers — every worker runs one — never send the same row), sent through
    Apprise, and marked sent right after their send. A failed send is retried
@@ -202,14 +203,20 @@ class Dispatcher:
                     log.warning("alert %s names regions %s that no route serves: it is in the "
                                 "store, no notification goes out", row.alert_id,
                                 ",".join(alert["regions"]))
+                rank = SEVERITY_RANK[alert["severity"]]
                 for recipient in self.routing.recipients(alert):
-                    key = (row.alert_id, recipient.channel, alert["severity"])
-                    # Only sides this channel has not been told about at this
-                    # severity: a region added to a joint review is told, once.
-                    sides = sorted(set(recipient.sides) - told[key])
+                    # Only sides this channel has not been told about at this severity
+                    # or a higher one: a region added to a joint review is told, once;
+                    # a lower severity is no news to those told of a higher one — nor
+                    # is an alert's old revision, when a stream processed again brings
+                    # it back (warning, then critical) into this store.
+                    heard = set().union(*(told[(row.alert_id, recipient.channel, severity)]
+                                          for severity, r in SEVERITY_RANK.items()
+                                          if r >= rank))
+                    sides = sorted(set(recipient.sides) - heard)
                     if not sides:
                         continue
-                    told[key].update(sides)
+                    told[(row.alert_id, recipient.channel, alert["severity"])].update(sides)
                     session.add(Notification(
                         alert_id=row.alert_id, route=recipient.route.name,
                         channel=recipient.channel, severity=alert["severity"],

@@ -248,6 +248,14 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _iso_ms(stored: datetime) -> str:
+    """A stored time as ``now_iso`` writes one (SQLite hands times back without their
+    zone; they are UTC), so that the two compare as strings."""
+    if stored.tzinfo is None:
+        stored = stored.replace(tzinfo=timezone.utc)
+    return stored.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+
 def check_region(region: str) -> str:
     if not isinstance(region, str) or not _REGION_OR_PROVINCE.match(region):
         raise ValueError(f"region {region!r} must be a 6-digit region code or a 2-digit "
@@ -361,7 +369,7 @@ class AlertStore:
             session.flush()
             session.add(AlertRevision(alert_id=alert["alert_id"], revision=1,
                                       severity=alert["severity"], body=body, stored_at=now))
-            self._sync_sides(session, alert, escalated_from=None)
+            self._sync_sides(session, alert)
             return "inserted"
         if row.body == body:
             return "unchanged"
@@ -373,11 +381,27 @@ class AlertStore:
             setattr(row, key, value)
         session.add(AlertRevision(alert_id=row.alert_id, revision=row.revision,
                                   severity=alert["severity"], body=body, stored_at=now))
-        escalated = SEVERITY_RANK[alert["severity"]] > SEVERITY_RANK[before]
-        self._sync_sides(session, alert, escalated_from=before if escalated else None)
+        if SEVERITY_RANK[alert["severity"]] > SEVERITY_RANK[before]:
+            self._sync_sides(session, alert, earlier=self._severities(session, row.alert_id))
+        else:
+            self._sync_sides(session, alert)
         return "updated"
 
-    def _sync_sides(self, session: Session, alert: dict, escalated_from: str | None) -> None:
+    @staticmethod
+    def _severities(session: Session, alert_id: str) -> list[tuple[str, str]]:
+        """(stored at, severity) of each revision, in order, times as ``now_iso`` writes."""
+        return [(_iso_ms(stored), severity) for stored, severity in session.execute(
+            select(AlertRevision.stored_at, AlertRevision.severity)
+            .where(AlertRevision.alert_id == alert_id).order_by(AlertRevision.revision))]
+
+    def _sync_sides(self, session: Session, alert: dict,
+                    earlier: list[tuple[str, str]] | None = None) -> None:
+        """Open the sides of regions new to the alert; with ``earlier`` (its revisions,
+        given when its severity rose), reopen a closed side if the alert is now more
+        severe than it was when that side was closed. Judged against the severity at
+        the close, not the revision before: a stream processed again into this store
+        (offsets reset, state rebuilt) brings an alert's old revisions back in order,
+        warning and then critical, and a side resolved at critical must stay so."""
         at = now_iso()
         duties = alert.get("duties") or {}
         query = select(AlertSide).where(AlertSide.alert_id == alert["alert_id"])
@@ -396,11 +420,15 @@ class AlertStore:
                                        at=at))
                 continue
             side.duty = duties.get(region, side.duty)
-            if escalated_from and side.status in CLOSED:
+            if earlier is None or side.status not in CLOSED:
+                continue
+            when_closed = [severity for stored, severity in earlier if stored <= side.changed_at]
+            closed_at = when_closed[-1] if when_closed else earlier[0][1]
+            if SEVERITY_RANK[alert["severity"]] > SEVERITY_RANK[closed_at]:
                 session.add(AuditEntry(
                     alert_id=alert["alert_id"], region=region, action="reopened",
                     from_status=side.status, to_status="open", actor=SYSTEM_ACTOR,
-                    note=f"escalated from {escalated_from} to {alert['severity']}", at=at))
+                    note=f"escalated from {closed_at} to {alert['severity']}", at=at))
                 side.status, side.changed_at, side.changed_by = "open", at, SYSTEM_ACTOR
 
     def get(self, alert_id: str) -> dict[str, Any] | None:

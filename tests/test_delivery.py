@@ -120,6 +120,23 @@ def test_redelivered_alert_and_more_evidence_notify_once_escalation_again(store,
     assert len(titles) == 2 and "CRITICAL" in titles[1]
 
 
+def test_an_alerts_old_revisions_brought_back_tell_nobody_again(store, centers):
+    # A stream processed again into this store brings the alert's revisions back in
+    # order: the warning the channel never heard (it was told at critical), then the
+    # critical it had. Before, the center got the stale warning as a new message.
+    maoming, _ = centers
+    dispatcher = Dispatcher(store, routing_for(maoming))
+    warning, critical = joint_alert(), joint_alert("critical", extra_person=True)
+    store.upsert(warning)
+    store.upsert(critical)
+    dispatcher.run_once()
+    assert [m["title"].split()[1] for m in maoming.messages()] == ["CRITICAL"]
+    for again in (warning, critical):
+        store.upsert(again)
+        dispatcher.run_once()
+    assert len(maoming.messages()) == 1
+
+
 def test_channel_down_for_an_hour_gets_everything_once_when_back(store, centers):
     maoming, guangxi = centers
     clock = Clock()

@@ -127,6 +127,37 @@ def test_lifecycle_rules(store):
     assert store.sides(aid)["440100"]["status"] == "resolved"
 
 
+def test_a_stream_processed_again_reopens_nothing_a_center_closed(store):
+    # Offsets reset, state rebuilt: the workers emit an alert's revisions again, in
+    # order. The store took the old warning as a downgrade and the old critical after
+    # it as an escalation, and reopened the side the center had resolved.
+    warning, critical = _alert(5), _alert(21, "critical")
+    aid = warning["alert_id"]
+    store.upsert(warning)
+    store.upsert(critical)
+    store.transition(aid, "resolve", actor="li", note="institution sanctioned")
+    closed = len(store.history(aid))
+    for again in (warning, critical):
+        store.upsert(again)
+    assert store.sides(aid)["440100"]["status"] == "resolved"
+    assert len(store.history(aid)) == closed  # no "reopened" entry
+    assert store.get(aid) == critical
+
+    # More evidence below what the center closed reopens nothing either; a finding
+    # that grows past it does: closed at warning, after a downgrade, then critical.
+    store.upsert(_alert(8))
+    assert store.sides(aid)["440100"]["status"] == "resolved"
+    store.upsert(_alert(22, "critical"))
+    assert store.sides(aid)["440100"]["status"] == "resolved"
+    other = {**_alert(21, "critical"), "alert_id": "fw-other-finding"}
+    store.upsert(other)
+    store.upsert({**_alert(9), "alert_id": "fw-other-finding"})
+    store.transition("fw-other-finding", "dismiss", actor="li", note="filings found")
+    store.upsert({**_alert(25, "critical"), "alert_id": "fw-other-finding"})
+    assert store.sides("fw-other-finding")["440100"]["status"] == "open"
+    assert store.history("fw-other-finding")[-1]["note"] == "escalated from warning to critical"
+
+
 def test_audit_is_append_only_in_the_database(store):
     import sqlalchemy as sa
 
