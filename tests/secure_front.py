@@ -10,8 +10,8 @@ written to the Kafka protocol: it ends TLS (with the client certificate checked,
 when asked), answers the SASL handshake and authentication itself (PLAIN and
 SCRAM-SHA-256/512, RFC 5802, the server's proof included), and from then on
 relays the connection's bytes to the real broker, which advertises the front's
-port, so that every client connection, the group's and the changelogs' included,
-comes through it. A client that sends anything else before authenticating is
+port, so that every client connection, the group coordinator's and the table
+recovery's included, comes through it. A client that sends anything else before authenticating is
 dropped, as Kafka drops it.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 from infra.broker import free_port
 
 API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
-UNSUPPORTED_SASL_MECHANISM, ILLEGAL_SASL_STATE, SASL_AUTHENTICATION_FAILED = 33, 34, 58
+UNSUPPORTED_SASL_MECHANISM, SASL_AUTHENTICATION_FAILED = 33, 58
 SCRAM_ITERATIONS = 4096
 
 
@@ -54,8 +54,9 @@ class Certificates:
 
 class SecureFront:
     """127.0.0.1:``port`` with TLS (and SASL when ``users`` are given), relayed to the
-    broker at 127.0.0.1:``upstream_port``. ``sessions`` lists (user, mechanism) of
-    every authenticated connection, ``refused`` why each refused one was refused.
+    broker at 127.0.0.1:``upstream_port``. ``admitted`` counts the connections let
+    through, ``sessions`` lists (user, mechanism) of each authenticated one,
+    ``refused`` says why each refused one was refused.
     Its own event loop runs in a thread (asyncio's TLS works on one thread's memory
     buffers: an SSL socket read and written from two threads is not safe)."""
 
@@ -63,9 +64,9 @@ class SecureFront:
                  require_client_certificate: bool = False) -> None:
         self.port, self.upstream_port = free_port(), free_port()
         self.users = users
+        self.admitted = 0
         self.sessions: list[tuple[str, str]] = []
         self.refused: list[str] = []
-        self.tls_connections = 0
         self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         certificates.server.configure_cert(self._tls)
         if require_client_certificate:
@@ -97,7 +98,6 @@ class SecureFront:
             self.refused.append(f"TLS: {exc}")
             writer.close()
             return
-        self.tls_connections += 1
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1",
                                                                  self.upstream_port)
@@ -113,6 +113,7 @@ class SecureFront:
             writer.close()
             up_writer.close()
             return
+        self.admitted += 1
         await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
 
     async def _authenticate(self, reader, writer, up_reader, up_writer) -> bool:

@@ -36,20 +36,35 @@ pytestmark = pytest.mark.broker
 USER, PASSWORD = "fundwatch-worker", "s3cret-of-the-worker"
 
 
+def _cluster(directory: Path, certificates: Certificates, front: SecureFront,
+             settings: Settings):
+    with EmbeddedBroker(settings, port=front.upstream_port, advertised_port=front.port,
+                        log_path=directory / "tansu.log") as broker:
+        yield broker, front, settings.with_(bootstrap_servers=broker.bootstrap_servers)
+    front.close()
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """The embedded broker behind a SASL_SSL front that asks for client certificates."""
     directory = tmp_path_factory.mktemp("secure")
     certificates = Certificates(directory / "certs")
     front = SecureFront(certificates, users={USER: PASSWORD}, require_client_certificate=True)
-    settings = Settings(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
-                        sasl_username=USER, sasl_password=PASSWORD,
-                        ssl_cafile=certificates.cafile, ssl_certfile=certificates.client_certfile,
-                        ssl_keyfile=certificates.client_keyfile)
-    with EmbeddedBroker(settings, port=front.upstream_port, advertised_port=front.port,
-                        log_path=directory / "tansu.log") as broker:
-        yield broker, front, settings.with_(bootstrap_servers=broker.bootstrap_servers)
-    front.close()
+    yield from _cluster(directory, certificates, front, Settings(
+        security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username=USER,
+        sasl_password=PASSWORD, ssl_cafile=certificates.cafile,
+        ssl_certfile=certificates.client_certfile, ssl_keyfile=certificates.client_keyfile))
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory):
+    """The same behind TLS alone (protocol SSL): the client certificate is the identity."""
+    directory = tmp_path_factory.mktemp("tls")
+    certificates = Certificates(directory / "certs")
+    front = SecureFront(certificates, require_client_certificate=True)
+    yield from _cluster(directory, certificates, front, Settings(
+        security_protocol="SSL", ssl_cafile=certificates.cafile,
+        ssl_certfile=certificates.client_certfile, ssl_keyfile=certificates.client_keyfile))
 
 
 def _pipeline(base: Settings, tmp_path: Path) -> Settings:
@@ -68,31 +83,19 @@ def _unfiled_stays(n: int) -> list[bytes]:
         for i in range(1, n + 1)]
 
 
-def test_the_whole_path_runs_over_sasl_ssl_with_a_client_certificate(cluster, tmp_path):
-    _, front, base = cluster
-    settings = _pipeline(base, tmp_path)
-    before = len(front.sessions)
-    assert ensure_topics(settings.bootstrap_servers, settings)  # kafka-python, through it
-    lines = _unfiled_stays(6)
+def _the_whole_path(settings: Settings, tmp_path: Path) -> dict:
+    """Six unfiled stays through a worker to their alert and the store, then an
+    auditor's ``replay --kafka`` of the deployment's topics; the alerts found."""
+    assert ensure_topics(settings.bootstrap_servers, settings)  # kafka-python
     worker = start_worker(settings, tmp_path / "worker.log")
     try:
-        observed = asyncio.run(run_through_worker(settings, worker, lines, len(lines)))
+        observed = asyncio.run(run_through_worker(settings, worker, _unfiled_stays(6), 6))
     finally:
         stop_worker(worker)
-
     assert observed.count("accepted") == 6
     assert [a["rule_id"] for a in observed.alerts.values()] == ["unfiled_cross_region"]
     assert AlertStore(settings.db_url).all() == list(observed.alerts.values())
-    # Every connection came through the front: TLS with this worker's certificate,
-    # then SCRAM-SHA-512 as the worker's user; none was refused. (The worker alone
-    # opens several: bootstrap, the group's coordinator, the producer, recovery.)
-    sessions = front.sessions[before:]
-    assert len(sessions) >= 5, sessions
-    assert set(sessions) == {(USER, "SCRAM-SHA-512")}
-    assert front.refused == []
 
-    # An auditor's replay of the deployment's topics, through the same settings, finds
-    # what the worker found.
     alerts_out = tmp_path / "replayed.jsonl"
     replay = subprocess.run(
         [sys.executable, "-m", "streams.cli", "replay", "--kafka", "--alerts-out",
@@ -101,6 +104,27 @@ def test_the_whole_path_runs_over_sasl_ssl_with_a_client_certificate(cluster, tm
     assert replay.returncode == 0, replay.stderr[-2000:]
     replayed = [orjson.loads(line) for line in alerts_out.read_bytes().splitlines()]
     assert {a["alert_id"]: a for a in replayed} == observed.alerts
+    return observed.alerts
+
+
+def test_the_whole_path_runs_over_sasl_ssl_with_a_client_certificate(cluster, tmp_path):
+    _, front, base = cluster
+    before = len(front.sessions)
+    _the_whole_path(_pipeline(base, tmp_path), tmp_path)
+    # Every connection came through the front: TLS with this worker's certificate,
+    # then SCRAM-SHA-512 as the worker's user; none was refused. (The worker alone
+    # opens several: bootstrap, the group's coordinator, the producer, recovery.)
+    sessions = front.sessions[before:]
+    assert len(sessions) >= 5, sessions
+    assert set(sessions) == {(USER, "SCRAM-SHA-512")}
+    assert front.refused == []
+
+
+def test_the_whole_path_runs_over_tls_alone(tls_cluster, tmp_path):
+    # Protocol SSL takes another branch in the worker (Faust's SSLCredentials).
+    _, front, base = tls_cluster
+    _the_whole_path(_pipeline(base, tmp_path), tmp_path)
+    assert front.admitted >= 5
     assert front.refused == []
 
 
