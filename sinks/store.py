@@ -42,7 +42,7 @@ from __future__ import annotations
 import re
 import time
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -245,15 +245,15 @@ def _canonical(alert: dict[str, Any]) -> str:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _iso_ms(stored: datetime) -> str:
     """A stored time as ``now_iso`` writes one (SQLite hands times back without their
     zone; they are UTC), so that the two compare as strings."""
     if stored.tzinfo is None:
-        stored = stored.replace(tzinfo=timezone.utc)
-    return stored.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+        stored = stored.replace(tzinfo=UTC)
+    return stored.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 def check_region(region: str) -> str:
@@ -359,7 +359,7 @@ class AlertStore:
         raise AssertionError("unreachable")
 
     def _upsert_one(self, session: Session, alert: dict[str, Any]) -> str:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         body = _canonical(alert)
         row = session.get(AlertRow, alert["alert_id"])
         if row is None:
