@@ -381,10 +381,9 @@ class AlertStore:
             setattr(row, key, value)
         session.add(AlertRevision(alert_id=row.alert_id, revision=row.revision,
                                   severity=alert["severity"], body=body, stored_at=now))
-        if SEVERITY_RANK[alert["severity"]] > SEVERITY_RANK[before]:
-            self._sync_sides(session, alert, earlier=self._severities(session, row.alert_id))
-        else:
-            self._sync_sides(session, alert)
+        rose = SEVERITY_RANK[alert["severity"]] > SEVERITY_RANK[before]
+        self._sync_sides(session, alert,
+                         earlier=self._severities(session, row.alert_id) if rose else None)
         return "updated"
 
     @staticmethod
