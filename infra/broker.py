@@ -220,8 +220,9 @@ async def _check_access(settings: Settings, timeout_s: float) -> None:
     from aiokafka.protocol.metadata import MetadataRequest
 
     options = kafka_client_options(settings)
-    for server in settings.bootstrap_servers.split(","):
-        host, _, port = server.strip().rpartition(":")
+
+    async def check(server: str) -> None:
+        host, _, port = server.rpartition(":")
         try:
             conn = await asyncio.wait_for(create_conn(
                 host, int(port), request_timeout_ms=int(timeout_s * 1000), **options), timeout_s)
@@ -256,6 +257,10 @@ async def _check_access(settings: Settings, timeout_s: float) -> None:
         except Exception as exc:  # noqa: BLE001 - down or slow, not wrongly configured
             log.warning("could not reach the cluster at %s to check its settings (%s: %s)",
                         server, type(exc).__name__, exc)
+
+    # All at once: a cluster of three with one broker unreachable waits one timeout.
+    await asyncio.gather(*(check(server.strip())
+                           for server in settings.bootstrap_servers.split(",")))
 
 
 def prepare_cluster(settings: Settings) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -172,6 +173,20 @@ def test_a_broker_certificate_from_another_authority_is_refused(cluster, tmp_pat
             f"the broker at {settings.bootstrap_servers} is not trusted: self-signed "
             "certificate in certificate chain: check FUNDWATCH_SSL_CAFILE")):
         prepare_cluster(settings)
+
+
+def test_a_silent_bootstrap_server_does_not_hold_up_the_verdict_on_another(cluster, tmp_path):
+    # A cluster of three with one broker unreachable: its check waits out the timeout,
+    # the others' do not wait for it (they ran one after another before).
+    _, _, base = cluster
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # takes the connection, says nothing
+        settings = _pipeline(base, tmp_path).with_(
+            sasl_password="not-the-password",
+            bootstrap_servers=f"127.0.0.1:{silent.getsockname()[1]},{base.bootstrap_servers}")
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match="refused SCRAM-SHA-512 authentication"):
+            check_access(settings, timeout_s=6)
+        assert time.monotonic() - started < 3
 
 
 def test_a_client_without_its_certificate_is_turned_away_and_told_why(cluster, tmp_path,
