@@ -1,5 +1,5 @@
-"""The cluster's security settings, used for real: TLS with a client certificate and
-SASL (SCRAM and PLAIN), every client of fundwatch through them.
+"""The cluster's security settings, used for real: TLS with a client certificate, with
+and without SASL (SCRAM-SHA-512), every client of fundwatch through them.
 
 A real cluster takes its workers on a SASL_SSL listener. The embedded broker cannot
 be one (Tansu 0.6; see ``tests/secure_front.py``), so a front stands in for the
@@ -7,7 +7,7 @@ listener: it ends TLS, checks the client certificate, authenticates the client
 itself, then relays to the real broker, which advertises the front's address — so
 no client reaches the broker past it. Everything on fundwatch's side is real: the
 worker (Faust's clients and its table recovery), the topic set-up (kafka-python),
-the producer and the watcher (aiokafka), ``fundwatch replay --topic``.
+the producer and the watcher (aiokafka), ``fundwatch replay --kafka`` and ``pools``.
 """
 from __future__ import annotations
 
@@ -37,8 +37,7 @@ pytestmark = pytest.mark.broker
 USER, PASSWORD = "fundwatch-worker", "s3cret-of-the-worker"
 
 
-def _cluster(directory: Path, certificates: Certificates, front: SecureFront,
-             settings: Settings):
+def _cluster(directory: Path, front: SecureFront, settings: Settings):
     with EmbeddedBroker(settings, port=front.upstream_port, advertised_port=front.port,
                         log_path=directory / "tansu.log") as broker:
         yield broker, front, settings.with_(bootstrap_servers=broker.bootstrap_servers)
@@ -51,7 +50,7 @@ def cluster(tmp_path_factory):
     directory = tmp_path_factory.mktemp("secure")
     certificates = Certificates(directory / "certs")
     front = SecureFront(certificates, users={USER: PASSWORD}, require_client_certificate=True)
-    yield from _cluster(directory, certificates, front, Settings(
+    yield from _cluster(directory, front, Settings(
         security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username=USER,
         sasl_password=PASSWORD, ssl_cafile=certificates.cafile,
         ssl_certfile=certificates.client_certfile, ssl_keyfile=certificates.client_keyfile))
@@ -63,7 +62,7 @@ def tls_cluster(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tls")
     certificates = Certificates(directory / "certs")
     front = SecureFront(certificates, require_client_certificate=True)
-    yield from _cluster(directory, certificates, front, Settings(
+    yield from _cluster(directory, front, Settings(
         security_protocol="SSL", ssl_cafile=certificates.cafile,
         ssl_certfile=certificates.client_certfile, ssl_keyfile=certificates.client_keyfile))
 
