@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+from infra.broker import kafka_client_options
 from streams.live import Observed, Watcher, produce
 
 # A test's consumer groups, quicker than a worker's defaults (Settings): Tansu
@@ -86,7 +87,7 @@ async def read_changelog(settings, table: str) -> list[tuple[bytes, bytes | None
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
-                                enable_auto_commit=False)
+                                enable_auto_commit=False, **kafka_client_options(settings))
     await consumer.start()
     try:
         topic = f"{settings.app_id}-{table}-changelog"
@@ -109,7 +110,8 @@ async def partition_positions(settings, topic: str) -> dict[int, tuple[int | Non
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
-                                group_id=settings.app_id, enable_auto_commit=False)
+                                group_id=settings.app_id, enable_auto_commit=False,
+                                **kafka_client_options(settings))
     await consumer.start()
     try:
         parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
