@@ -114,6 +114,9 @@ class AlertSide(Base):
     status: Mapped[str] = mapped_column(String(16))
     changed_at: Mapped[str] = mapped_column(String(40))
     changed_by: Mapped[str] = mapped_column(String(128))
+    # The alert's severity when the side was closed (resolved or dismissed): it reopens
+    # only on growing past what the center saw then. None while the side is not closed.
+    closed_severity: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class AuditEntry(Base):
@@ -248,14 +251,6 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _iso_ms(stored: datetime) -> str:
-    """A stored time as ``now_iso`` writes one (SQLite hands times back without their
-    zone; they are UTC), so that the two compare as strings."""
-    if stored.tzinfo is None:
-        stored = stored.replace(tzinfo=UTC)
-    return stored.astimezone(UTC).isoformat(timespec="milliseconds")
-
-
 def check_region(region: str) -> str:
     if not isinstance(region, str) or not _REGION_OR_PROVINCE.match(region):
         raise ValueError(f"region {region!r} must be a 6-digit region code or a 2-digit "
@@ -381,26 +376,17 @@ class AlertStore:
             setattr(row, key, value)
         session.add(AlertRevision(alert_id=row.alert_id, revision=row.revision,
                                   severity=alert["severity"], body=body, stored_at=now))
-        rose = SEVERITY_RANK[alert["severity"]] > SEVERITY_RANK[before]
         self._sync_sides(session, alert,
-                         earlier=self._severities(session, row.alert_id) if rose else None)
+                         rose=SEVERITY_RANK[alert["severity"]] > SEVERITY_RANK[before])
         return "updated"
 
-    @staticmethod
-    def _severities(session: Session, alert_id: str) -> list[tuple[str, str]]:
-        """(stored at, severity) of each revision, in order, times as ``now_iso`` writes."""
-        return [(_iso_ms(stored), severity) for stored, severity in session.execute(
-            select(AlertRevision.stored_at, AlertRevision.severity)
-            .where(AlertRevision.alert_id == alert_id).order_by(AlertRevision.revision))]
-
-    def _sync_sides(self, session: Session, alert: dict,
-                    earlier: list[tuple[str, str]] | None = None) -> None:
-        """Open the sides of regions new to the alert; with ``earlier`` (its revisions,
-        given when its severity rose), reopen a closed side if the alert is now more
-        severe than it was when that side was closed. Judged against the severity at
-        the close, not the revision before: a stream processed again into this store
-        (offsets reset, state rebuilt) brings an alert's old revisions back in order,
-        warning and then critical, and a side resolved at critical must stay so."""
+    def _sync_sides(self, session: Session, alert: dict, rose: bool = False) -> None:
+        """Open the sides of regions new to the alert; when its severity ``rose``, reopen
+        a closed side if the alert is now more severe than it was when that side was
+        closed. Judged against the severity at the close, not the revision before: a
+        stream processed again into this store (offsets reset, state rebuilt) brings an
+        alert's old revisions back in order, warning and then critical, and a side
+        resolved at critical must stay so."""
         at = now_iso()
         duties = alert.get("duties") or {}
         query = select(AlertSide).where(AlertSide.alert_id == alert["alert_id"])
@@ -419,16 +405,16 @@ class AlertStore:
                                        at=at))
                 continue
             side.duty = duties.get(region, side.duty)
-            if earlier is None or side.status not in CLOSED:
+            if not rose or side.status not in CLOSED:
                 continue
-            when_closed = [severity for stored, severity in earlier if stored <= side.changed_at]
-            closed_at = when_closed[-1] if when_closed else earlier[0][1]
-            if SEVERITY_RANK[alert["severity"]] > SEVERITY_RANK[closed_at]:
+            if SEVERITY_RANK[alert["severity"]] > SEVERITY_RANK[side.closed_severity]:
                 session.add(AuditEntry(
                     alert_id=alert["alert_id"], region=region, action="reopened",
                     from_status=side.status, to_status="open", actor=SYSTEM_ACTOR,
-                    note=f"escalated from {closed_at} to {alert['severity']}", at=at))
+                    note=f"escalated from {side.closed_severity} to {alert['severity']}",
+                    at=at))
                 side.status, side.changed_at, side.changed_by = "open", at, SYSTEM_ACTOR
+                side.closed_severity = None
 
     def get(self, alert_id: str) -> dict[str, Any] | None:
         with Session(self.engine) as session:
@@ -501,6 +487,9 @@ class AlertStore:
                         f"alert {alert_id}, side {side.region}: cannot {action} what is "
                         f"already {side.status}")
             at = now_iso()
+            # Read under the sides' lock: an escalation stored meanwhile is what is closed.
+            severity = session.scalar(select(AlertRow.severity)
+                                      .where(AlertRow.alert_id == alert_id))
             result = {}
             for side in mine:
                 result[side.region] = target
@@ -510,6 +499,7 @@ class AlertStore:
                                        from_status=side.status, to_status=target,
                                        actor=actor.strip(), note=(note or "").strip(), at=at))
                 side.status, side.changed_at, side.changed_by = target, at, actor.strip()
+                side.closed_severity = severity if target in CLOSED else None
             return result
 
     def history(self, alert_id: str) -> list[dict[str, Any]]:

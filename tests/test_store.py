@@ -158,6 +158,36 @@ def test_a_stream_processed_again_reopens_nothing_a_center_closed(store):
     assert store.history("fw-other-finding")[-1]["note"] == "escalated from warning to critical"
 
 
+def test_a_close_and_an_escalation_in_one_millisecond(store, monkeypatch):
+    """The severity a side was closed at is kept on the side, not read back from store
+    times: with every time the store writes the same instant (a fast machine puts a
+    close and the next revision in one millisecond), a side dismissed at warning still
+    reopens at critical, and one resolved at critical still stays closed."""
+    import sinks.store as store_module
+
+    instant = store_module.datetime(2026, 12, 7, 16, 0, tzinfo=store_module.UTC)
+
+    class Frozen(store_module.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return instant
+
+    monkeypatch.setattr(store_module, "datetime", Frozen)
+    aid = _alert(5)["alert_id"]
+    store.upsert(_alert(21, "critical"))
+    store.upsert(_alert(9))
+    store.transition(aid, "dismiss", actor="li", note="filings found")
+    store.upsert(_alert(25, "critical"))
+    assert store.sides(aid)["440100"]["status"] == "open"
+    assert store.history(aid)[-1]["note"] == "escalated from warning to critical"
+    assert {e["at"] for e in store.history(aid)} == {"2026-12-07T16:00:00.000+00:00"}
+
+    store.transition(aid, "resolve", actor="li", note="institution sanctioned")
+    store.upsert(_alert(9))
+    store.upsert(_alert(26, "critical"))
+    assert store.sides(aid)["440100"]["status"] == "resolved"
+
+
 def test_audit_is_append_only_in_the_database(store):
     import sqlalchemy as sa
 
@@ -255,6 +285,49 @@ def test_migrations_run_down_and_up_again(tmp_path):
     assert schema_revision(store.engine) == schema_head()
     store.upsert(_joint())
     assert len(store.sides(_joint()["alert_id"])) == 2
+    store.dispose()
+
+
+def test_sides_closed_before_0004_get_the_severity_they_were_closed_at(store):
+    """0004 keeps the severity at the close on the side; sides closed before it are
+    filled from the revisions stored up to the close."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+    from alembic import command
+
+    from sinks.store import _alembic_config
+
+    resolved_at_critical, dismissed_at_warning = _alert(5)["alert_id"], "fw-other-finding"
+    for alert in (_alert(5), _alert(21, "critical"), *(
+            {**a, "alert_id": dismissed_at_warning} for a in (_alert(22, "critical"),
+                                                             _alert(9)))):
+        store.upsert(alert)
+    store.transition(resolved_at_critical, "resolve", actor="li", note="sanctioned")
+    store.transition(dismissed_at_warning, "dismiss", actor="li", note="filings found")
+    store.upsert(_alert(6))  # the stream processed again: warning after the close
+    with store.engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "0003")
+        # Times as 0002 kept them, a second apart: the close at 10:00:01.
+        conn.execute(sa.text("UPDATE alert_sides SET changed_at = "
+                             "'2026-12-07T10:00:01.000+00:00'"))
+        for revisions, second in (("< 3", 0), ("= 3", 2)):
+            conn.execute(sa.text(f"UPDATE alert_revisions SET stored_at = :at "
+                                 f"WHERE revision {revisions}").bindparams(
+                sa.bindparam("at", datetime(2026, 12, 7, 10, 0, second, tzinfo=UTC),
+                             type_=sa.DateTime(timezone=True))))
+    url = store.engine.url.render_as_string(hide_password=False)
+    store.dispose()
+
+    store = AlertStore(url)  # opening upgrades to 0004, filling the closed sides
+    with store.engine.connect() as conn:
+        kept = dict(conn.execute(sa.text(
+            "SELECT alert_id, closed_severity FROM alert_sides")).all())
+    assert kept == {resolved_at_critical: "critical", dismissed_at_warning: "warning"}
+    store.upsert(_alert(23, "critical"))
+    store.upsert({**_alert(23, "critical"), "alert_id": dismissed_at_warning})
+    assert store.sides(resolved_at_critical)["440100"]["status"] == "resolved"
+    assert store.sides(dismissed_at_warning)["440100"]["status"] == "open"
     store.dispose()
 
 
