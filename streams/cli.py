@@ -279,6 +279,30 @@ def _bench(args) -> int:
     return 1 if args.require_targets and missed(result["targets"]) else 0
 
 
+#: Each role's principal unless given: the worker's is the compose file's user.
+ACL_PRINCIPALS = {"worker": "User:fundwatch", "feeder": "User:fundwatch-feeder",
+                  "auditor": "User:fundwatch-auditor", "alert_reader": "User:fundwatch-alerts"}
+
+
+def _acls(args, settings: Settings) -> int:
+    from infra.acls import acl_commands
+
+    principals = {role: getattr(args, role) for role in ACL_PRINCIPALS
+                  if getattr(args, role) != "-"}
+    try:
+        commands = acl_commands(settings, principals)
+    except ValueError as exc:
+        print(f"fundwatch acls: {exc}", file=sys.stderr)
+        return 2
+    print(f"# fundwatch's ACLs for topics {settings.topic_prefix}* and app id "
+          f"{settings.app_id}: run with BOOTSTRAP set and admin.properties holding an "
+          f"administrator's credentials")
+    for role, principal in principals.items():
+        print(f"# {role}: {principal}")
+    print("\n".join(commands))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fundwatch", description=(
         "Fund risk early warning for basic medical insurance under provincial pooling."))
@@ -370,6 +394,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="rounds of one and two workers, in alternating order (default 3; "
                         "not with --quick)")
 
+    p = sub.add_parser("acls", help="the Kafka ACLs each of fundwatch's users needs, as "
+                                    "kafka-acls.sh commands for a cluster's administrator")
+    for role, principal in ACL_PRINCIPALS.items():
+        p.add_argument(f"--{role.replace('_', '-')}", default=principal, metavar="User:NAME",
+                       help=f"the {role.replace('_', ' ')}'s principal (default {principal}; "
+                            f"'-': leave this role out)")
+
     from rules.commands import add_parser as add_rules_parser
 
     add_rules_parser(sub)  # fundwatch rules list / explain / test / new / events
@@ -404,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             return _structural(args, settings)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "acls":
+            return _acls(args, settings)
         if args.command == "rules":
             from rules.commands import run as run_rules
 

@@ -43,20 +43,22 @@ def wait_until(predicate, timeout_s: float = 60) -> bool:
 
 async def run_through_worker(settings, worker, lines, expect_accounted, timeout_s=90.0,
                              settle_s=2.0, closed_through=None,
-                             count_redelivered=False) -> Observed:
+                             count_redelivered=False, feeder=None, observer=None) -> Observed:
     """Produce ``lines``, wait until ``expect_accounted`` records are accounted for
     and the detect stage has caught up — and, with ``closed_through`` (an aware
     datetime, a midnight), until every detect partition has closed the days before
     it — then a little longer to see that nothing more (a stray duplicate, say)
     comes out. ``count_redelivered``: after a SIGKILL, a record whose admission
     count was lost with the killed worker's unflushed table writes (its ledger entry
-    made it) comes back as "redelivered"; count those too."""
+    made it) comes back as "redelivered"; count those too. ``feeder`` and ``observer``:
+    other settings (another cluster user) for the producer and the watcher."""
     def alive(_):
         assert worker.poll() is None, f"worker exited with {worker.returncode}; see its log"
 
-    watcher = Watcher(settings)
+    observer = observer or settings
+    watcher = Watcher(observer)
     await watcher.start()
-    await produce(settings, lines)
+    await produce(feeder or settings, lines)
     due = None if closed_through is None else int(closed_through.timestamp() * 1000)
 
     def done(o):
@@ -70,7 +72,7 @@ async def run_through_worker(settings, worker, lines, expect_accounted, timeout_
     await watcher.stop()
     observed = watcher.observed
     positions = "" if ok else "; topics' partitions (committed, records held): " + str(
-        {name: await partition_positions(settings, settings.topic(name))
+        {name: await partition_positions(observer, settings.topic(name))
          for name in ("settlements", "admit", "detect")})
     assert ok, (f"only {observed.accounted}/{expect_accounted} records accounted for "
                 f"(detect stage caught up: {observed.detect_caught_up}; flow per worker "

@@ -9,10 +9,12 @@ front stands in for the cluster's listener — the one part that cannot run here
 written to the Kafka protocol: it ends TLS (with the client certificate checked,
 when asked), answers the SASL handshake and authentication itself (PLAIN and
 SCRAM-SHA-256/512, RFC 5802, the server's proof included), and from then on
-relays the connection's bytes to the real broker, which advertises the front's
+relays the connection's requests to the real broker, which advertises the front's
 port, so that every client connection, the group coordinator's and the table
 recovery's included, comes through it. A client that sends anything else before authenticating is
-dropped, as Kafka drops it.
+dropped, as Kafka drops it. On the way it notes, per user, what Kafka's
+authorizer would check for each request (``tests/kafka_requests.py``), for the
+test of the ACLs ``fundwatch acls`` prints; it enforces none of them.
 """
 from __future__ import annotations
 
@@ -24,13 +26,16 @@ import os
 import ssl
 import struct
 import threading
+from collections import defaultdict
 from pathlib import Path
 
 from infra.broker import free_port
+from tests.kafka_requests import Unreadable, authorizations
 
 API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
 UNSUPPORTED_SASL_MECHANISM, SASL_AUTHENTICATION_FAILED = 33, 58
 SCRAM_ITERATIONS = 4096
+CERTIFICATE = "(client certificate)"  # the user of a connection on TLS alone
 
 
 class Certificates:
@@ -67,6 +72,10 @@ class SecureFront:
         self.admitted = 0
         self.sessions: list[tuple[str, str]] = []
         self.refused: list[str] = []
+        # User → {(api key, resource kind, name, operation)}: what each user's requests
+        # would ask of Kafka's authorizer (tests/kafka_requests); and what could not be read.
+        self.asked: dict[str, set] = defaultdict(set)
+        self.unreadable: list[str] = []
         self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         certificates.server.configure_cert(self._tls)
         if require_client_certificate:
@@ -105,18 +114,38 @@ class SecureFront:
             writer.close()
             return
         try:
-            ok = self.users is None or await self._authenticate(reader, writer, up_reader,
-                                                                up_writer)
+            user = CERTIFICATE if self.users is None else await self._authenticate(
+                reader, writer, up_reader, up_writer)
         except (OSError, ValueError, struct.error, asyncio.IncompleteReadError):
-            ok = False
-        if not ok:
+            user = None
+        if user is None:
             writer.close()
             up_writer.close()
             return
         self.admitted += 1
-        await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+        await asyncio.gather(self._relay_requests(user, reader, up_writer),
+                             _pump(up_reader, writer))
 
-    async def _authenticate(self, reader, writer, up_reader, up_writer) -> bool:
+    async def _relay_requests(self, user: str, reader: asyncio.StreamReader,
+                              up_writer: asyncio.StreamWriter) -> None:
+        """Relay each request, noting what Kafka's authorizer would check for it."""
+        try:
+            while True:
+                frame = await _read_frame(reader)
+                try:
+                    api_key, _, asked = authorizations(frame)
+                    self.asked[user].update((api_key, *a) for a in asked)
+                except (Unreadable, struct.error, IndexError, UnicodeDecodeError) as exc:
+                    api_key, version = struct.unpack_from(">hh", frame)
+                    self.unreadable.append(f"{user}: request {api_key} v{version}: {exc!r}")
+                up_writer.write(_frame_bytes(frame))
+                await up_writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            up_writer.close()
+
+    async def _authenticate(self, reader, writer, up_reader, up_writer) -> str | None:
         mechanism = None
         scram = None
         while True:
@@ -138,11 +167,11 @@ class SecureFront:
                 await writer.drain()
                 if error:
                     self.refused.append(f"mechanism {asked} not offered")
-                    return False
+                    return None
                 continue
             if api_key != SASL_AUTHENTICATE or mechanism is None or version > 2:
                 self.refused.append(f"request {api_key} v{version} before authentication")
-                return False
+                return None
             flexible = version >= 2  # compact fields and tagged fields (KIP-482)
             if flexible:
                 body = body[1:]  # the request header's tagged fields: none
@@ -175,10 +204,10 @@ class SecureFront:
             await writer.drain()
             if not ok:
                 self.refused.append(f"{mechanism} for {user!r}: wrong user or password")
-                return False
+                return None
             if done:
                 self.sessions.append((user, mechanism))
-                return True
+                return user
 
 
 class _Scram:

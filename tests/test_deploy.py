@@ -50,6 +50,30 @@ def test_the_compose_workers_settings_load(tmp_path):
     assert len(brokers) >= settings.replication_factor  # every copy on its own broker
 
 
+def test_the_cluster_authorizes_and_fundwatch_acls_fit_the_compose_worker(tmp_path, capsys):
+    """The compose cluster allows nothing without an ACL; ``fundwatch acls`` prints
+    the worker's for the user the compose workers log in as, and refuses a principal
+    Kafka would not understand. (What each role's ACLs let through is checked
+    against real requests in tests/test_secure_cluster.py.)"""
+    from streams.cli import main
+
+    kafka = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]["kafka1"]
+    assert kafka["environment"]["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert kafka["environment"]["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    user = _worker_env(tmp_path)["FUNDWATCH_SASL_USERNAME"]
+
+    assert main(["acls", "--feeder", "-", "--auditor", "-", "--alert-reader", "-"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    commands = [line for line in lines if not line.startswith("#")]
+    assert f"# worker: User:{user}" in lines
+    assert commands and all(f"--allow-principal User:{user} " in c for c in commands)
+    assert any("--topic fundwatch- --resource-pattern-type prefixed" in c for c in commands)
+    assert any(c.endswith("--group fundwatch") for c in commands)
+
+    assert main(["acls", "--feeder", "gx-platform"]) == 2
+    assert "Kafka names users 'User:<name>'" in capsys.readouterr().err
+
+
 def test_every_topic_has_its_retention_or_compaction():
     settings = Settings()
     configs = topic_configs(settings)

@@ -8,6 +8,8 @@ itself, then relays to the real broker, which advertises the front's address —
 no client reaches the broker past it. Everything on fundwatch's side is real: the
 worker (Faust's clients and its table recovery), the topic set-up (kafka-python),
 the producer and the watcher (aiokafka), ``fundwatch replay --kafka`` and ``pools``.
+With each of them logged in as its own user, the requests they send are held
+against the ACLs ``fundwatch acls`` grants that user's role (``infra/acls.py``).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from infra.acls import ROLES, allows, grants
 from infra.broker import EmbeddedBroker, check_access, ensure_topics, prepare_cluster
 from infra.config import ConfigError, Settings
 from sinks.store import AlertStore
@@ -126,6 +129,91 @@ def test_the_whole_path_runs_over_tls_alone(tls_cluster, tmp_path):
     _the_whole_path(_pipeline(base, tmp_path), tmp_path)
     assert front.admitted >= 5
     assert front.refused == []
+
+
+def test_each_user_needs_no_more_than_the_acls_fundwatch_prints(cluster, tmp_path):
+    """A cluster with an authorizer lets each user do only what its ACLs grant. Each
+    part runs here as its own user — the worker, a province's platform feeding
+    settlements, an auditor's ``replay --kafka`` and ``pools``, a downstream system
+    reading alerts in its consumer group — and the front reads every request they
+    send for what Kafka's authorizer would check (tests/kafka_requests.py). Each
+    check must be one that ``infra.acls`` grants that user's role: the ACLs
+    ``fundwatch acls`` prints are enough, and nothing any part does goes unlisted."""
+    _, front, base = cluster
+    worker_settings = _pipeline(base, tmp_path)
+    users = {"worker": USER, "feeder": "gx-platform", "auditor": "audit-office",
+             "alert_reader": "supervision-bridge", "observer": "the-test"}
+    as_user = {}
+    for role, user in users.items():
+        front.users.setdefault(user, f"{user}-password")
+        as_user[role] = worker_settings.with_(sasl_username=user,
+                                              sasl_password=front.users[user])
+    asked_before = {user: set(front.asked[user]) for user in users.values()}
+
+    assert ensure_topics(worker_settings.bootstrap_servers, worker_settings)
+    worker = start_worker(worker_settings, tmp_path / "worker.log")
+    try:
+        observed = asyncio.run(run_through_worker(
+            worker_settings, worker, _unfiled_stays(6), 6, feeder=as_user["feeder"],
+            observer=as_user["observer"]))
+    finally:
+        stop_worker(worker)
+    assert len(observed.alerts) == 1
+    for command in (["replay", "--kafka", "--alerts-out", "a.jsonl"], ["pools"]):
+        done = subprocess.run([sys.executable, "-m", "streams.cli", *command], cwd=tmp_path,
+                              env=settings_env(as_user["auditor"]), capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert asyncio.run(_read_alerts_in_a_group(as_user["alert_reader"])) == set(observed.alerts)
+
+    assert front.unreadable == []
+    for role in ROLES:
+        role_grants = grants(worker_settings, role)
+        asked = front.asked[users[role]] - asked_before[users[role]]
+        refused = sorted(a for a in asked if not allows(role_grants, *a[1:]))
+        assert refused == [], f"{role} refused (api, resource, name, operation): {refused}"
+        # And the run did what each role is for: the checks above were not vacuous.
+        used = {a[1:] for a in asked}
+        wanted = {
+            "worker": {("topic", worker_settings.topic("settlements"), "Read"),
+                       ("topic", worker_settings.topic("alerts"), "Write"),
+                       ("topic", worker_settings.topic("detect"), "Create"),
+                       ("topic", f"{worker_settings.app_id}-ledger-changelog", "Write"),
+                       ("group", worker_settings.app_id, "Read")},
+            "feeder": {("topic", worker_settings.topic("settlements"), "Write")},
+            "auditor": {("topic", worker_settings.topic("settlements"), "Read"),
+                        ("topic", f"{worker_settings.app_id}-rule-state-changelog", "Read")},
+            "alert_reader": {("topic", worker_settings.topic("alerts"), "Read"),
+                             ("group", f"{worker_settings.app_id}-alerts-bridge", "Read")},
+        }[role]
+        assert wanted <= used, (role, sorted(used))
+    # The other way round: what a role is not granted, it was not given.
+    assert not allows(grants(worker_settings, "feeder"), "topic",
+                      worker_settings.topic("alerts"), "Read")
+    assert not allows(grants(worker_settings, "worker"), "topic",
+                      worker_settings.topic("settlements"), "Write")
+
+
+async def _read_alerts_in_a_group(settings: Settings) -> set[str]:
+    """A downstream system: the alerts topic through its own consumer group."""
+    from aiokafka import AIOKafkaConsumer
+
+    from infra.broker import kafka_client_options
+
+    consumer = AIOKafkaConsumer(
+        settings.topic("alerts"), bootstrap_servers=settings.bootstrap_servers,
+        group_id=f"{settings.app_id}-alerts-bridge", auto_offset_reset="earliest",
+        enable_auto_commit=False, **kafka_client_options(settings))
+    await consumer.start()
+    try:
+        batches = {}
+        deadline = time.monotonic() + 30
+        while not batches and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=1000)
+        await consumer.commit()
+        return {orjson.loads(r.value)["alert_id"] for rs in batches.values() for r in rs}
+    finally:
+        await consumer.stop()
 
 
 def test_a_worker_with_a_wrong_password_says_so_and_stops(cluster, tmp_path):
