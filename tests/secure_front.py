@@ -30,9 +30,14 @@ from collections import defaultdict
 from pathlib import Path
 
 from infra.broker import free_port
-from tests.kafka_requests import Unreadable, authorizations
+from tests.kafka_requests import (
+    API_VERSIONS,
+    SASL_AUTHENTICATE,
+    SASL_HANDSHAKE,
+    Unreadable,
+    authorizations,
+)
 
-API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
 UNSUPPORTED_SASL_MECHANISM, SASL_AUTHENTICATION_FAILED = 33, 58
 SCRAM_ITERATIONS = 4096
 CERTIFICATE = "(client certificate)"  # the user of a connection on TLS alone
