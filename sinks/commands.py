@@ -136,7 +136,8 @@ def _show(args, store, settings: Settings) -> int:
     print(orjson.dumps(alert, option=orjson.OPT_INDENT_2).decode())
     print("sides:")
     for region, side in store.sides(args.alert_id).items():
-        print(f"  {region}  {side['status']:<12} (since {side['changed_at']} by "
+        closed = f" at {side['closed_severity']}" if side["closed_severity"] else ""
+        print(f"  {region}  {side['status'] + closed:<21} (since {side['changed_at']} by "
               f"{side['changed_by']})  duty: {side['duty'] or '-'}")
     print("history:")
     for h in store.history(args.alert_id):

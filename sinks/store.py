@@ -438,7 +438,7 @@ class AlertStore:
     # ── the centers' lifecycle ────────────────────────────────────────────────
 
     def sides(self, alert_id: str) -> dict[str, dict[str, Any]]:
-        """Region → {status, duty, changed_at, changed_by}."""
+        """Region → {status, duty, changed_at, changed_by, closed_severity}."""
         with Session(self.engine) as session:
             return {s.region: _side_dict(s) for s in session.scalars(
                 select(AlertSide).where(AlertSide.alert_id == alert_id)
@@ -557,7 +557,7 @@ class AlertStore:
 
 def _side_dict(side: AlertSide) -> dict[str, Any]:
     return {"status": side.status, "duty": side.duty, "changed_at": side.changed_at,
-            "changed_by": side.changed_by}
+            "changed_by": side.changed_by, "closed_severity": side.closed_severity}
 
 
 def _columns(alert: dict[str, Any]) -> dict[str, Any]:

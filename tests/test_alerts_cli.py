@@ -82,7 +82,9 @@ def test_import_list_ack_resolve_a_joint_review(tmp_path):
                      "--status", "open").stdout.startswith(single()["alert_id"])
 
     shown = fundwatch(tmp_path, "show", aid, FUNDWATCH_NOTIFY_SECRET=SECRET)
-    assert "450100  resolved" in shown.stdout and "440900  open" in shown.stdout
+    # The severity it was closed at: only a finding above it reopens the side.
+    assert f"450100  resolved at {joint()['severity']}" in shown.stdout
+    assert "440900  open " in shown.stdout
     assert "by gx.wang: enrolment verified" in shown.stdout
     assert "by tester" in shown.stdout  # the ack, by $FUNDWATCH_USER
     assert "pseudonyms in notifications:\n  psn-" in shown.stdout

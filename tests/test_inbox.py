@@ -313,6 +313,10 @@ def test_the_page_refuses_what_the_api_refuses(inbox):
     again = inbox.post(f"/alerts/{phantom}/resolve", data={"csrf": _csrf(page.text),
                                                            "note": "late"})
     assert again.status_code == 409 and "already dismissed" in again.text
+    # The page says what would reopen it: a finding above the severity it was closed at.
+    severity = inbox.store.get(phantom)["severity"]
+    assert (f"Closed at {severity}: only a finding more severe than {severity} reopens it"
+            in inbox.get(f"/alerts/{phantom}").text)
 
 
 def test_login_attempts_are_rate_limited(inbox):

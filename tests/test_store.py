@@ -137,6 +137,7 @@ def test_a_stream_processed_again_reopens_nothing_a_center_closed(store):
     store.upsert(critical)
     store.transition(aid, "resolve", actor="li", note="institution sanctioned")
     closed = len(store.history(aid))
+    assert store.sides(aid)["440100"]["closed_severity"] == "critical"
     for again in (warning, critical):
         store.upsert(again)
     assert store.sides(aid)["440100"]["status"] == "resolved"
@@ -179,6 +180,7 @@ def test_a_close_and_an_escalation_in_one_millisecond(store, monkeypatch):
     store.transition(aid, "dismiss", actor="li", note="filings found")
     store.upsert(_alert(25, "critical"))
     assert store.sides(aid)["440100"]["status"] == "open"
+    assert store.sides(aid)["440100"]["closed_severity"] is None
     assert store.history(aid)[-1]["note"] == "escalated from warning to critical"
     assert {e["at"] for e in store.history(aid)} == {"2026-12-07T16:00:00.000+00:00"}
 
