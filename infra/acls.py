@@ -7,7 +7,9 @@ user gets only what its part needs:
 - ``worker`` — the stream workers: read the input topics, read and write their
   own hops and outputs, create the topics they are missing, and keep their tables'
   changelogs and Faust's assignor topic (``<app id>-…``); their consumer group.
-- ``feeder`` — a province's settlement platform: write the input topics, no more.
+- ``feeder`` — a province's settlement platform: write the input topics, no more
+  (a Java producer is idempotent by default; since Kafka 2.8, KIP-679, Write on a
+  topic is all its InitProducerId needs).
 - ``auditor`` — ``replay --kafka``, ``pools``, ``structural``: read the input
   topics and the tables' changelogs; its own replay groups (never joined, never
   committed, but looked up: FindCoordinator and OffsetFetch ask for Describe).
