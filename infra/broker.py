@@ -198,19 +198,24 @@ def ensure_topics(bootstrap: str, settings: Settings) -> list[str]:
         admin.close()
 
 
-def check_access(settings: Settings, timeout_s: float = 15.0) -> None:
+TOPIC_AUTHORIZATION_FAILED = 29
+
+
+def check_access(settings: Settings, timeout_s: float = 15.0, topics: tuple = ()) -> None:
     """Connect to each bootstrap server as every client of the worker will (TLS, SASL)
     and make one request; raise ``ConfigError`` naming the settings to check when the
     cluster refuses them: an untrusted broker certificate, a TLS handshake the
     listener refuses (no client certificate, or no TLS there), failed authentication,
     a mechanism not offered. Kafka's clients retry those as if the broker were down
     (kafka-python for 30 s, Faust until its producer gives up), and the worker said
-    only "Unable to bootstrap". A server that is down or slow is no configuration
-    error: that is logged, and the worker goes on as before."""
-    asyncio.run(_check_access(settings, timeout_s))
+    only "Unable to bootstrap". With ``topics``, a cluster whose authorizer does not
+    let this user describe one of them is a configuration error too, naming them and
+    ``fundwatch acls``. A server that is down or slow is no configuration error: that
+    is logged, and the worker goes on as before."""
+    asyncio.run(_check_access(settings, timeout_s, list(topics)))
 
 
-async def _check_access(settings: Settings, timeout_s: float) -> None:
+async def _check_access(settings: Settings, timeout_s: float, topics: list[str]) -> None:
     from aiokafka.conn import create_conn
     from aiokafka.errors import (
         KafkaConnectionError,
@@ -229,7 +234,10 @@ async def _check_access(settings: Settings, timeout_s: float) -> None:
             try:
                 # TLS 1.3 sends a refused client certificate's alert after the
                 # handshake: the first answer read shows it.
-                await asyncio.wait_for(conn.send(MetadataRequest([])), timeout_s)
+                # Never created by asking (a cluster that creates topics on a request
+                # would make them without their partitions and retention).
+                answer = await asyncio.wait_for(conn.send(MetadataRequest(
+                    topics, allow_auto_topic_creation=False)), timeout_s)
             finally:
                 conn.close()
         except SaslAuthenticationFailed as exc:
@@ -257,6 +265,15 @@ async def _check_access(settings: Settings, timeout_s: float) -> None:
         except Exception as exc:  # noqa: BLE001 - down or slow, not wrongly configured
             log.warning("could not reach the cluster at %s to check its settings (%s: %s)",
                         server, type(exc).__name__, exc)
+        else:
+            denied = [t[1] for t in answer.topics if t[0] == TOPIC_AUTHORIZATION_FAILED]
+            if denied:
+                user = (repr(settings.sasl_username) if settings.sasl_mechanism
+                        else "this client certificate's user")
+                raise ConfigError(
+                    f"the cluster at {server} does not let {user} describe "
+                    f"{', '.join(sorted(denied))} (TOPIC_AUTHORIZATION_FAILED): grant it the "
+                    "worker's ACLs (`fundwatch acls` prints them)")
 
     # All at once: a cluster of three with one broker unreachable waits one timeout.
     await asyncio.gather(*(check(server.strip())
@@ -267,7 +284,7 @@ def prepare_cluster(settings: Settings) -> None:
     """On a configured cluster, check that it takes the security settings (else
     ``ConfigError``), then create fundwatch's topics if they are missing; where the
     account may not create topics, say so and go on (an operator made them)."""
-    check_access(settings)
+    check_access(settings, topics=tuple(settings.all_topics()))
     try:
         created = ensure_topics(settings.bootstrap_servers, settings)
     except Exception as exc:  # noqa: BLE001 - permissions differ per cluster

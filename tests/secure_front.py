@@ -32,6 +32,7 @@ from pathlib import Path
 from infra.broker import free_port
 from tests.kafka_requests import (
     API_VERSIONS,
+    METADATA,
     SASL_AUTHENTICATE,
     SASL_HANDSHAKE,
     Unreadable,
@@ -39,6 +40,7 @@ from tests.kafka_requests import (
 )
 
 UNSUPPORTED_SASL_MECHANISM, SASL_AUTHENTICATION_FAILED = 33, 58
+UNKNOWN_TOPIC_OR_PARTITION, TOPIC_AUTHORIZATION_FAILED = 3, 29
 SCRAM_ITERATIONS = 4096
 CERTIFICATE = "(client certificate)"  # the user of a connection on TLS alone
 
@@ -81,6 +83,10 @@ class SecureFront:
         # would ask of Kafka's authorizer (tests/kafka_requests); and what could not be read.
         self.asked: dict[str, set] = defaultdict(set)
         self.unreadable: list[str] = []
+        # User → topics its Metadata requests are refused (TOPIC_AUTHORIZATION_FAILED);
+        # and each request so refused: (user, topics named, whether it let them be created).
+        self.denied: dict[str, set] = defaultdict(set)
+        self.refused_metadata: list[tuple[str, tuple, bool]] = []
         self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         certificates.server.configure_cert(self._tls)
         if require_client_certificate:
@@ -128,21 +134,35 @@ class SecureFront:
             up_writer.close()
             return
         self.admitted += 1
-        await asyncio.gather(self._relay_requests(user, reader, up_writer),
+        await asyncio.gather(self._relay_requests(user, reader, writer, up_writer),
                              _pump(up_reader, writer))
 
     async def _relay_requests(self, user: str, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter,
                               up_writer: asyncio.StreamWriter) -> None:
-        """Relay each request, noting what Kafka's authorizer would check for it."""
+        """Relay each request, noting what Kafka's authorizer would check for it; a
+        Metadata v5 request naming a topic ``denied`` to the user is answered here, as
+        an authorizer without that user's ACL answers. (Meant for ``check_access``'s
+        one request on its own connection: on a busy connection, an answer made here
+        could overtake the broker's to an earlier request.)"""
         try:
             while True:
                 frame = await _read_frame(reader)
+                asked = []
                 try:
-                    api_key, _, asked = authorizations(frame)
+                    api_key, version, asked = authorizations(frame)
                     self.asked[user].update((api_key, *a) for a in asked)
                 except (Unreadable, struct.error, IndexError, UnicodeDecodeError) as exc:
                     api_key, version = struct.unpack_from(">hh", frame)
                     self.unreadable.append(f"{user}: request {api_key} v{version}: {exc!r}")
+                named = [name for _, name, _ in asked]
+                if api_key == METADATA and version == 5 and set(named) & self.denied[user]:
+                    # v5's last field: allow_auto_topic_creation.
+                    self.refused_metadata.append((user, tuple(named), bool(frame[-1])))
+                    writer.write(_response(struct.unpack_from(">i", frame, 4)[0],
+                                           _metadata_v5_answer(named, self.denied[user])))
+                    await writer.drain()
+                    continue
                 up_writer.write(_frame_bytes(frame))
                 await up_writer.drain()
         except (OSError, asyncio.IncompleteReadError):
@@ -252,6 +272,17 @@ class _Scram:
         server_key = hmac.new(salted, b"Server Key", self.hash).digest()
         server_signature = hmac.new(server_key, auth_message, self.hash).digest()
         return True, b"v=" + base64.b64encode(server_signature), True
+
+
+def _metadata_v5_answer(topics: list[str], denied: set) -> bytes:
+    """A Metadata v5 answer without brokers: each topic refused if ``denied``, else
+    unknown (UNKNOWN_TOPIC_OR_PARTITION, as for a topic not made yet)."""
+    answer = struct.pack(">iihi", 0, 0, -1, -1)  # throttle, no brokers, cluster id, controller
+    answer += struct.pack(">i", len(topics))
+    for name in topics:
+        error = TOPIC_AUTHORIZATION_FAILED if name in denied else UNKNOWN_TOPIC_OR_PARTITION
+        answer += struct.pack(">h", error) + _pack_string(name) + struct.pack(">bi", 0, 0)
+    return answer
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes:

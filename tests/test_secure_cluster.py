@@ -238,6 +238,33 @@ def test_a_worker_with_a_wrong_password_says_so_and_stops(cluster, tmp_path):
     assert any("wrong user or password" in why for why in front.refused)
 
 
+def test_a_worker_without_its_acls_says_which_and_stops(cluster, tmp_path):
+    """On a cluster whose authorizer has no ACL for one of the worker's topics, the
+    worker stops at once with exit code 2, naming the topic and ``fundwatch acls``,
+    and asks in a way that creates nothing (a cluster that creates topics on a
+    Metadata request would make them without their partitions and retention)."""
+    _, front, base = cluster
+    settings = _pipeline(base, tmp_path)
+    front.denied[USER] = {settings.topic("detect")}
+    log = tmp_path / "worker.log"
+    try:
+        worker = start_worker(settings, log)
+        try:
+            assert wait_until(lambda: worker.poll() is not None, 30), (
+                "a worker refused its topics was still running after 30 s")
+        finally:
+            stop_worker(worker)
+    finally:
+        front.denied.pop(USER)
+    text = log.read_text(errors="replace")
+    assert worker.returncode == 2, text[-3000:]
+    assert (f"configuration error: the cluster at {settings.bootstrap_servers} does not let "
+            f"'{USER}' describe {settings.topic('detect')} (TOPIC_AUTHORIZATION_FAILED): "
+            "grant it the worker's ACLs (`fundwatch acls` prints them)") in text, text[-3000:]
+    # The check named every topic of the worker, and asked for none to be created.
+    assert front.refused_metadata[-1] == (USER, tuple(settings.all_topics()), False)
+
+
 @pytest.mark.parametrize("command", [["replay", "--kafka", "--alerts-out", "a.jsonl"],
                                      ["pools"]])
 def test_the_commands_that_read_the_deployment_stop_on_a_wrong_password_too(
