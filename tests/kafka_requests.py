@@ -97,14 +97,12 @@ def authorizations(frame: bytes) -> tuple[int, int, list[tuple[str, str, str]]]:
     return api_key, version, reader(body, version)
 
 
-def _topics(body: _Body, operation: str, partition, extra=None) -> list:
-    """An array of topics, each a name, its partitions (``partition`` skips one) and
-    ``extra`` fields after them; each named topic asks ``operation``."""
+def _topics(body: _Body, operation: str, partition) -> list:
+    """An array of topics, each a name and its partitions (``partition`` skips one);
+    each named topic asks ``operation``."""
     def topic():
         name = body.string()
         body.array(partition)
-        if extra:
-            extra()
         body.tags()
         return ("topic", name, operation)
     return body.array(topic)

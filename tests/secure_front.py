@@ -14,7 +14,8 @@ port, so that every client connection, the group coordinator's and the table
 recovery's included, comes through it. A client that sends anything else before authenticating is
 dropped, as Kafka drops it. On the way it notes, per user, what Kafka's
 authorizer would check for each request (``tests/kafka_requests.py``), for the
-test of the ACLs ``fundwatch acls`` prints; it enforces none of them.
+test of the ACLs ``fundwatch acls`` prints. It enforces none of them, but for
+refusing a Metadata request that names a topic a test denies that user.
 """
 from __future__ import annotations
 

@@ -216,19 +216,25 @@ async def _read_alerts_in_a_group(settings: Settings) -> set[str]:
         await consumer.stop()
 
 
-def test_a_worker_with_a_wrong_password_says_so_and_stops(cluster, tmp_path):
-    _, front, base = cluster
-    settings = _pipeline(base, tmp_path).with_(sasl_password="not-the-password")
+def _a_worker_that_stops(settings: Settings, tmp_path: Path, why: str) -> str:
+    """Start a worker that should stop by itself with exit code 2; its log."""
     log = tmp_path / "worker.log"
-    started = time.monotonic()
     worker = start_worker(settings, log)
     try:
         assert wait_until(lambda: worker.poll() is not None, 30), (
-            "a worker that cannot authenticate was still running after 30 s")
+            f"a worker that {why} was still running after 30 s")
     finally:
         stop_worker(worker)
     text = log.read_text(errors="replace")
     assert worker.returncode == 2, text[-3000:]
+    return text
+
+
+def test_a_worker_with_a_wrong_password_says_so_and_stops(cluster, tmp_path):
+    _, front, base = cluster
+    settings = _pipeline(base, tmp_path).with_(sasl_password="not-the-password")
+    started = time.monotonic()
+    text = _a_worker_that_stops(settings, tmp_path, "cannot authenticate")
     # At once, not after the clients' retries (34 s before: kafka-python's 30 s, then
     # Faust's "Unable to bootstrap"), naming the settings to check; exit code 2.
     assert time.monotonic() - started < 20
@@ -246,18 +252,10 @@ def test_a_worker_without_its_acls_says_which_and_stops(cluster, tmp_path):
     _, front, base = cluster
     settings = _pipeline(base, tmp_path)
     front.denied[USER] = {settings.topic("detect")}
-    log = tmp_path / "worker.log"
     try:
-        worker = start_worker(settings, log)
-        try:
-            assert wait_until(lambda: worker.poll() is not None, 30), (
-                "a worker refused its topics was still running after 30 s")
-        finally:
-            stop_worker(worker)
+        text = _a_worker_that_stops(settings, tmp_path, "is refused its topics")
     finally:
         front.denied.pop(USER)
-    text = log.read_text(errors="replace")
-    assert worker.returncode == 2, text[-3000:]
     assert (f"configuration error: the cluster at {settings.bootstrap_servers} does not let "
             f"'{USER}' describe {settings.topic('detect')} (TOPIC_AUTHORIZATION_FAILED): "
             "grant it the worker's ACLs (`fundwatch acls` prints them)") in text, text[-3000:]
