@@ -201,7 +201,8 @@ def ensure_topics(bootstrap: str, settings: Settings) -> list[str]:
 TOPIC_AUTHORIZATION_FAILED = 29
 
 
-def check_access(settings: Settings, timeout_s: float = 15.0, topics: tuple = ()) -> None:
+def check_access(settings: Settings, timeout_s: float = 15.0, topics: tuple = (),
+                 role: str = "worker") -> None:
     """Connect to each bootstrap server as every client of the worker will (TLS, SASL)
     and make one request; raise ``ConfigError`` naming the settings to check when the
     cluster refuses them: an untrusted broker certificate, a TLS handshake the
@@ -210,12 +211,14 @@ def check_access(settings: Settings, timeout_s: float = 15.0, topics: tuple = ()
     (kafka-python for 30 s, Faust until its producer gives up), and the worker said
     only "Unable to bootstrap". With ``topics``, a cluster whose authorizer does not
     let this user describe one of them is a configuration error too, naming them and
-    ``fundwatch acls``. A server that is down or slow is no configuration error: that
+    the ``role`` whose ACLs ``fundwatch acls`` prints (an auditor's would otherwise
+    hear that the topic does not exist: the metadata hides it). A server that is down or slow is no configuration error: that
     is logged, and the worker goes on as before."""
-    asyncio.run(_check_access(settings, timeout_s, list(topics)))
+    asyncio.run(_check_access(settings, timeout_s, list(topics), role))
 
 
-async def _check_access(settings: Settings, timeout_s: float, topics: list[str]) -> None:
+async def _check_access(settings: Settings, timeout_s: float, topics: list[str],
+                        role: str) -> None:
     from aiokafka.conn import create_conn
     from aiokafka.errors import (
         KafkaConnectionError,
@@ -273,7 +276,7 @@ async def _check_access(settings: Settings, timeout_s: float, topics: list[str])
                 raise ConfigError(
                     f"the cluster at {server} does not let {user} describe "
                     f"{', '.join(sorted(denied))} (TOPIC_AUTHORIZATION_FAILED): grant it the "
-                    "worker's ACLs (`fundwatch acls` prints them)")
+                    f"{role}'s ACLs (`fundwatch acls` prints them)")
 
     # All at once: a cluster of three with one broker unreachable waits one timeout.
     await asyncio.gather(*(check(server.strip())

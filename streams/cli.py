@@ -100,7 +100,7 @@ def _replay(args, settings: Settings) -> int:
     if topics:
         from infra.broker import check_access
 
-        check_access(settings)
+        check_access(settings, topics=tuple(topics), role="auditor")
     source = kafka_records(settings, topics, period) if topics else None
     progress = Progress(sum(Path(f).stat().st_size for f in args.files))
     timeline = None
@@ -185,7 +185,8 @@ def _rule_state(args, settings: Settings, registry, command: str, prefix: str
     from infra.broker import check_access
     from streams.live import read_table
 
-    check_access(settings)
+    check_access(settings, topics=(f"{settings.app_id}-rule-state-changelog",),
+                 role="auditor")
     return (read_table(settings, "rule-state", prefix=prefix),
             f"deployment {settings.app_id} at {settings.bootstrap_servers}")
 

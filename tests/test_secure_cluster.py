@@ -277,6 +277,26 @@ def test_the_commands_that_read_the_deployment_stop_on_a_wrong_password_too(
             f"refused SCRAM-SHA-512 authentication as '{USER}'") in done.stderr
 
 
+@pytest.mark.parametrize("command", [["replay", "--kafka", "--alerts-out", "a.jsonl"],
+                                     ["pools"]])
+def test_an_auditor_without_its_acls_is_told_which(cluster, tmp_path, command):
+    # Else the metadata hides the topic, and `replay --kafka` says it does not exist.
+    _, front, base = cluster
+    settings = _pipeline(base, tmp_path)
+    denied = (settings.topic("settlements") if command[0] == "replay"
+              else f"{settings.app_id}-rule-state-changelog")
+    front.denied[USER] = {denied}
+    try:
+        done = subprocess.run([sys.executable, "-m", "streams.cli", *command], cwd=tmp_path,
+                              env=settings_env(settings), capture_output=True, text=True,
+                              timeout=60, check=False)
+    finally:
+        front.denied.pop(USER)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert (f"does not let '{USER}' describe {denied} (TOPIC_AUTHORIZATION_FAILED): grant it "
+            "the auditor's ACLs (`fundwatch acls` prints them)") in done.stderr, done.stderr
+
+
 def test_a_broker_certificate_from_another_authority_is_refused(cluster, tmp_path):
     _, _, base = cluster
     stranger = Certificates(tmp_path / "other")
