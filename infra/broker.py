@@ -211,9 +211,10 @@ def check_access(settings: Settings, timeout_s: float = 15.0, topics: tuple = ()
     (kafka-python for 30 s, Faust until its producer gives up), and the worker said
     only "Unable to bootstrap". With ``topics``, a cluster whose authorizer does not
     let this user describe one of them is a configuration error too, naming them and
-    the ``role`` whose ACLs ``fundwatch acls`` prints (an auditor's would otherwise
-    hear that the topic does not exist: the metadata hides it). A server that is down or slow is no configuration error: that
-    is logged, and the worker goes on as before."""
+    the ``role`` whose ACLs ``fundwatch acls`` prints (an auditor would otherwise
+    hear that the topic does not exist: the metadata hides it). A server that is
+    down or slow is no configuration error: that is logged, and the worker goes on
+    as before."""
     asyncio.run(_check_access(settings, timeout_s, list(topics), role))
 
 
