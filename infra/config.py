@@ -137,6 +137,14 @@ class Settings:
     def topic(self, name: str) -> str:
         return self.topic_prefix + TOPICS[name]
 
+    def changelog_topic(self, table: str) -> str:
+        """Where a table of the workers keeps its changes: Faust names it after the app.
+
+        >>> Settings().changelog_topic("rule-state")
+        'fundwatch-rule-state-changelog'
+        """
+        return f"{self.app_id}-{table}-changelog"
+
     def public_topics(self) -> list[str]:
         return [self.topic(n) for n in ("settlements", "contributions", "alerts", "deadletter")]
 

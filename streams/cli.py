@@ -185,8 +185,7 @@ def _rule_state(args, settings: Settings, registry, command: str, prefix: str
     from infra.broker import check_access
     from streams.live import read_table
 
-    check_access(settings, topics=(f"{settings.app_id}-rule-state-changelog",),
-                 role="auditor")
+    check_access(settings, topics=(settings.changelog_topic("rule-state"),), role="auditor")
     return (read_table(settings, "rule-state", prefix=prefix),
             f"deployment {settings.app_id} at {settings.bootstrap_servers}")
 

@@ -397,7 +397,7 @@ def read_table(settings: Settings, table: str, prefix: str = "") -> dict[str, di
 
 async def read_table_async(settings: Settings, table: str, prefix: str = ""
                            ) -> dict[str, dict]:
-    topic = f"{settings.app_id}-{table}-changelog"
+    topic = settings.changelog_topic(table)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 **kafka_client_options(settings))

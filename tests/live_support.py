@@ -92,7 +92,7 @@ async def read_changelog(settings, table: str) -> list[tuple[bytes, bytes | None
                                 enable_auto_commit=False, **kafka_client_options(settings))
     await consumer.start()
     try:
-        topic = f"{settings.app_id}-{table}-changelog"
+        topic = settings.changelog_topic(table)
         parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)

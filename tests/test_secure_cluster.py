@@ -178,11 +178,11 @@ def test_each_user_needs_no_more_than_the_acls_fundwatch_prints(cluster, tmp_pat
             "worker": {("topic", worker_settings.topic("settlements"), "Read"),
                        ("topic", worker_settings.topic("alerts"), "Write"),
                        ("topic", worker_settings.topic("detect"), "Create"),
-                       ("topic", f"{worker_settings.app_id}-ledger-changelog", "Write"),
+                       ("topic", worker_settings.changelog_topic("ledger"), "Write"),
                        ("group", worker_settings.app_id, "Read")},
             "feeder": {("topic", worker_settings.topic("settlements"), "Write")},
             "auditor": {("topic", worker_settings.topic("settlements"), "Read"),
-                        ("topic", f"{worker_settings.app_id}-rule-state-changelog", "Read")},
+                        ("topic", worker_settings.changelog_topic("rule-state"), "Read")},
             "alert_reader": {("topic", worker_settings.topic("alerts"), "Read"),
                              ("group", f"{worker_settings.app_id}-alerts-bridge", "Read")},
         }[role]
@@ -284,7 +284,7 @@ def test_an_auditor_without_its_acls_is_told_which(cluster, tmp_path, command):
     _, front, base = cluster
     settings = _pipeline(base, tmp_path)
     denied = (settings.topic("settlements") if command[0] == "replay"
-              else f"{settings.app_id}-rule-state-changelog")
+              else settings.changelog_topic("rule-state"))
     front.denied[USER] = {denied}
     try:
         done = subprocess.run([sys.executable, "-m", "streams.cli", *command], cwd=tmp_path,
