@@ -36,6 +36,7 @@ from datetime import datetime
 import faust
 import faust.streams as faust_streams
 import orjson
+from aiokafka import errors as kafka_errors
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from infra.broker import kafka_client_options
@@ -182,6 +183,7 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         # whole stream). Kafka Streams' default is none too; see Settings.
         table_standby_replicas=settings.standby_replicas,
     )
+    app.sensors.add(SendFailures())
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
     # This process, apart from any before it with the same host and pid (a container
     # restarted): the detect stage counts what it handled per sending process.
@@ -251,14 +253,11 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
 
     # The two tables written for every record go to their changelogs one record
     # batch per input batch (streams.changelog), not one message per write.
-    def changelog_failed(exc: BaseException) -> None:
-        stop_hard("changelog", exc if isinstance(exc, Exception) else RuntimeError(exc))
-
     def aiokafka_producer():
         return app.producer._ensure_producer()  # Faust's own: flushed before commits
 
-    ledger_log = ChangelogWriter(ledger, aiokafka_producer, changelog_failed)
-    rule_log = ChangelogWriter(rule_state, aiokafka_producer, changelog_failed)
+    ledger_log = ChangelogWriter(ledger, aiokafka_producer, stop_on_failed_send)
+    rule_log = ChangelogWriter(rule_state, aiokafka_producer, stop_on_failed_send)
     # Per detect partition, the state slots a daily close must visit (rules.core
     # ClosingIndex): built from the table at the partition's first close after an
     # assignment (recovery fills the table without passing here), then kept by
@@ -971,8 +970,50 @@ def stop_hard(stage: str, exc: Exception) -> None:
     the restarted worker re-reads it (at-least-once). Supervisors restart workers."""
     log.critical("%s stage failed (%s: %s); stopping the worker so that nothing is "
                  "committed unprocessed", stage, type(exc).__name__, exc, exc_info=exc)
+    _exit_to_be_restarted()
+
+
+def _exit_to_be_restarted() -> None:
     logging.shutdown()
     os._exit(70)
+
+
+def stop_on_failed_send(topic: str, exc: BaseException) -> None:
+    """A message the cluster did not take (refused, or not acknowledged in time, the
+    producer's retries spent): stop the process at once, as :func:`stop_hard` does.
+
+    Why here, in the producer's callback, and not where the message was sent: most
+    sends are not waited for (the internal hops, dead letters, Faust's own table
+    writes), and Faust only logs a failed one, then flushes and commits the input
+    that produced it — seen: a worker refused writes to its admission topic went on
+    reading for a minute, committing records that never reached a rule. The
+    producer calls back before a flush waiting on the same batch resumes (both are
+    callbacks of it, the flush's wake-up queued behind), so the process ends before
+    that flush's commit could be sent. An authorization failure means an ACL the
+    worker needs is missing (taken away while it ran: the start-up check passed);
+    its successor will stop the same way until it is granted, having lost nothing.
+    """
+    hint = ""
+    if isinstance(exc, (kafka_errors.TopicAuthorizationFailedError,
+                        kafka_errors.ClusterAuthorizationFailedError)):
+        hint = ": grant the worker its ACLs (`fundwatch acls` prints them)"
+    log.critical("the cluster did not take a message for %s (%s: %s)%s; stopping the "
+                 "worker so that nothing is committed unprocessed", topic,
+                 type(exc).__name__, exc, hint)
+    _exit_to_be_restarted()
+
+
+class SendFailures(faust.Sensor):
+    """Stops the worker on any message of Faust's producer that the cluster did not
+    take (:func:`stop_on_failed_send`); the record batches of the table writes
+    (streams.changelog) call it themselves."""
+
+    def on_send_initiated(self, producer, topic: str, message, keysize: int,
+                          valsize: int) -> str:
+        return topic  # the state on_send_error is handed
+
+    def on_send_error(self, producer, exc: BaseException, state: str) -> None:
+        stop_on_failed_send(state, exc)
 
 
 def stop_within(deadline_s: float):

@@ -18,8 +18,8 @@ on the broker before its input is marked done. A record batch is appended whole,
 so a crash leaves either all of a batch's writes or none (beyond the first record
 batch, when one input batch's changes exceed ``producer_max_batch_size``, the
 order of the writes still holds: see ``DetectionCore.commit``). A write the broker
-refuses stops the worker (``on_failure``) before any later commit could mark its
-input done.
+refuses stops the worker (``on_failure``, called back before a flush waiting on
+that batch resumes) before any later commit could mark its input done.
 
 The tables' values stay encoded in memory (:class:`EncodedValues`): the JSON bytes
 the changelog holds, decoded when read. A rule's state as Python dicts took about
@@ -104,12 +104,12 @@ class ChangelogWriter:
     record batches (see the module doc).
 
     ``producer`` returns the started aiokafka producer (Faust's own, so that its
-    commit-time flush covers these batches); ``on_failure(exc)`` is called if the
-    broker refuses a batch.
+    commit-time flush covers these batches); ``on_failure(topic, exc)`` is called
+    if the broker refuses a batch.
     """
 
     def __init__(self, table, producer: Callable[[], Any],
-                 on_failure: Callable[[BaseException], None]) -> None:
+                 on_failure: Callable[[str, BaseException], None]) -> None:
         self.table = table
         self.producer = producer
         self.on_failure = on_failure
@@ -148,14 +148,14 @@ class ChangelogWriter:
         batch.close()
         sent = await producer.send_batch(batch, topic, partition=partition)
         self.batches += 1
-        sent.add_done_callback(self._check)
+        sent.add_done_callback(lambda sent: self._check(topic, sent))
 
-    def _check(self, sent) -> None:
+    def _check(self, topic: str, sent) -> None:
         if sent.cancelled():
             return
         exc = sent.exception()
         if exc is not None:
-            self.on_failure(exc)
+            self.on_failure(topic, exc)
 
 
 class StateOverlay(MutableMapping):

@@ -81,14 +81,20 @@ class _Body:
                 self.at += size
 
 
-def authorizations(frame: bytes) -> tuple[int, int, list[tuple[str, str, str]]]:
-    """(api key, version, [(resource kind, name, operation), …]) for one request frame
-    (without its length prefix). Raises ``Unreadable`` for what it cannot read."""
+def _body(frame: bytes) -> tuple[int, int, _Body]:
+    """A request frame's api key, version, and its body past the request header."""
     api_key, version = struct.unpack_from(">hh", frame)
     flexible = version >= FLEXIBLE_FROM.get(api_key, 99)
     n = struct.unpack_from(">h", frame, 8)[0]
     body = _Body(frame, 10 + max(0, n), flexible)
     body.tags()  # the request header's own tagged fields (header v2)
+    return api_key, version, body
+
+
+def authorizations(frame: bytes) -> tuple[int, int, list[tuple[str, str, str]]]:
+    """(api key, version, [(resource kind, name, operation), …]) for one request frame
+    (without its length prefix). Raises ``Unreadable`` for what it cannot read."""
+    api_key, version, body = _body(frame)
     if api_key in (API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE):
         return api_key, version, []
     reader = _READERS.get(api_key)
@@ -108,16 +114,36 @@ def _topics(body: _Body, operation: str, partition) -> list:
     return body.array(topic)
 
 
-def _produce(body: _Body, version: int) -> list:
-    if not 3 <= version <= 8:
-        raise Unreadable(f"Produce v{version}")
-    body.string()  # transactional id: a transactional producer would need more
-    body.skip(2 + 4)  # acks, timeout
+def produce_request(frame: bytes) -> tuple[int, list[tuple[str, list[int]]]]:
+    """A Produce request's ``acks`` (0: it gets no answer) and the partitions it
+    writes, per topic: what a front answering it in the broker's place needs.
 
-    def partition():
-        body.skip(4)
-        body.blob()
-    return _topics(body, "Write", partition)
+    >>> header = struct.pack(">hhih", PRODUCE, 7, 9, 0) + struct.pack(">hhi", -1, -1, 30000)
+    >>> batch = struct.pack(">i", 2) + b"rb"
+    >>> topic = struct.pack(">h", 6) + b"alerts" + struct.pack(">ii", 1, 3) + batch
+    >>> produce_request(header + struct.pack(">i", 1) + topic)
+    (-1, [('alerts', [3])])
+    """
+    api_key, version, body = _body(frame)
+    if api_key != PRODUCE or not 3 <= version <= 8:
+        raise Unreadable(f"request {api_key} v{version} is not a Produce v3-8")
+    body.string()  # transactional id: a transactional producer would need more
+    acks = body.fixed(">h")
+    body.skip(4)  # timeout
+
+    def topic():
+        name = body.string()
+
+        def partition():
+            index = body.fixed(">i")
+            body.blob()
+            return index
+        return name, body.array(partition)
+    return acks, body.array(topic)
+
+
+def _produce(body: _Body, version: int) -> list:
+    return [("topic", name, "Write") for name, _ in produce_request(body.data)[1]]
 
 
 def _fetch(body: _Body, version: int) -> list:

@@ -14,8 +14,11 @@ port, so that every client connection, the group coordinator's and the table
 recovery's included, comes through it. A client that sends anything else before authenticating is
 dropped, as Kafka drops it. On the way it notes, per user, what Kafka's
 authorizer would check for each request (``tests/kafka_requests.py``), for the
-test of the ACLs ``fundwatch acls`` prints. It enforces none of them, but for
-refusing a Metadata request that names a topic a test denies that user.
+test of the ACLs ``fundwatch acls`` prints. It enforces none of them but two, as
+an authorizer without that user's ACL would: it refuses a Metadata request naming
+a topic a test denies the user, and a Produce request writing to a topic a test
+denies the user to write. Its answers keep the connection's order: a client
+matches answers to requests in the order it sent them.
 """
 from __future__ import annotations
 
@@ -34,14 +37,16 @@ from infra.broker import free_port
 from tests.kafka_requests import (
     API_VERSIONS,
     METADATA,
+    PRODUCE,
     SASL_AUTHENTICATE,
     SASL_HANDSHAKE,
     Unreadable,
     authorizations,
+    produce_request,
 )
 
 UNSUPPORTED_SASL_MECHANISM, SASL_AUTHENTICATION_FAILED = 33, 58
-UNKNOWN_TOPIC_OR_PARTITION, TOPIC_AUTHORIZATION_FAILED = 3, 29
+UNKNOWN_TOPIC_OR_PARTITION, NOT_LEADER_OR_FOLLOWER, TOPIC_AUTHORIZATION_FAILED = 3, 6, 29
 SCRAM_ITERATIONS = 4096
 CERTIFICATE = "(client certificate)"  # the user of a connection on TLS alone
 
@@ -88,6 +93,10 @@ class SecureFront:
         # and each request so refused: (user, topics named, whether it let them be created).
         self.denied: dict[str, set] = defaultdict(set)
         self.refused_metadata: list[tuple[str, tuple, bool]] = []
+        # User → topics its Produce requests are refused; and each refusal: (user,
+        # the denied topics the request wrote to).
+        self.denied_writes: dict[str, set] = defaultdict(set)
+        self.refused_writes: list[tuple[str, tuple]] = []
         self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         certificates.server.configure_cert(self._tls)
         if require_client_certificate:
@@ -135,40 +144,58 @@ class SecureFront:
             up_writer.close()
             return
         self.admitted += 1
-        await asyncio.gather(self._relay_requests(user, reader, writer, up_writer),
-                             _pump(up_reader, writer))
+        # The connection's answers, in the order of its requests: None for the
+        # broker's next answer, bytes for one made here, False for the end.
+        answers: asyncio.Queue = asyncio.Queue()
+        await asyncio.gather(self._relay_requests(user, reader, answers, up_writer),
+                             _answer_in_order(answers, up_reader, writer))
 
     async def _relay_requests(self, user: str, reader: asyncio.StreamReader,
-                              writer: asyncio.StreamWriter,
+                              answers: asyncio.Queue,
                               up_writer: asyncio.StreamWriter) -> None:
-        """Relay each request, noting what Kafka's authorizer would check for it; a
-        Metadata v5 request naming a topic ``denied`` to the user is answered here, as
-        an authorizer without that user's ACL answers. (Meant for ``check_access``'s
-        one request on its own connection: on a busy connection, an answer made here
-        could overtake the broker's to an earlier request.)"""
+        """Relay each request, noting what Kafka's authorizer would check for it. A
+        Metadata v5 request naming a topic ``denied`` to the user, and a Produce
+        request writing to a topic in ``denied_writes``, are answered here, as an
+        authorizer without that user's ACL answers: TOPIC_AUTHORIZATION_FAILED for
+        each denied topic. (A real broker would still write the request's other
+        topics; this front writes none of them and answers them
+        NOT_LEADER_OR_FOLLOWER, which a producer retries — not written, and not
+        lost.)"""
         try:
             while True:
                 frame = await _read_frame(reader)
-                asked = []
+                asked, acks, written = [], 1, []  # acks=0: a Produce that gets no answer
                 try:
                     api_key, version, asked = authorizations(frame)
                     self.asked[user].update((api_key, *a) for a in asked)
+                    if api_key == PRODUCE:
+                        acks, written = produce_request(frame)
                 except (Unreadable, struct.error, IndexError, UnicodeDecodeError) as exc:
                     api_key, version = struct.unpack_from(">hh", frame)
                     self.unreadable.append(f"{user}: request {api_key} v{version}: {exc!r}")
                 named = [name for _, name, _ in asked]
+                correlation = struct.unpack_from(">i", frame, 4)[0]
                 if api_key == METADATA and version == 5 and set(named) & self.denied[user]:
                     # v5's last field: allow_auto_topic_creation.
                     self.refused_metadata.append((user, tuple(named), bool(frame[-1])))
-                    writer.write(_response(struct.unpack_from(">i", frame, 4)[0],
-                                           _metadata_v5_answer(named, self.denied[user])))
-                    await writer.drain()
+                    answers.put_nowait(_response(
+                        correlation, _metadata_v5_answer(named, self.denied[user])))
+                    continue
+                refused = sorted({name for name, _ in written} & self.denied_writes[user])
+                if refused:
+                    self.refused_writes.append((user, tuple(refused)))
+                    if acks != 0:
+                        answers.put_nowait(_response(correlation, _produce_answer(
+                            version, written, self.denied_writes[user])))
                     continue
                 up_writer.write(_frame_bytes(frame))
                 await up_writer.drain()
+                if acks != 0:
+                    answers.put_nowait(None)
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
+            answers.put_nowait(False)
             up_writer.close()
 
     async def _authenticate(self, reader, writer, up_reader, up_writer) -> str | None:
@@ -286,6 +313,24 @@ def _metadata_v5_answer(topics: list[str], denied: set) -> bytes:
     return answer
 
 
+def _produce_answer(version: int, written: list, denied: set) -> bytes:
+    """A Produce v3-8 answer writing nothing: each partition of a ``denied`` topic
+    refused, the others NOT_LEADER_OR_FOLLOWER (retried by the producer)."""
+    answer = struct.pack(">i", len(written))
+    for name, partitions in written:
+        error = TOPIC_AUTHORIZATION_FAILED if name in denied else NOT_LEADER_OR_FOLLOWER
+        answer += _pack_string(name) + struct.pack(">i", len(partitions))
+        for index in partitions:
+            # base offset, log append time; then log start offset (v5); then the
+            # record errors and the error message (v8)
+            answer += struct.pack(">ihqq", index, error, -1, -1)
+            if version >= 5:
+                answer += struct.pack(">q", -1)
+            if version >= 8:
+                answer += struct.pack(">i", 0) + _pack_nullable(None)
+    return answer + struct.pack(">i", 0)  # throttle time
+
+
 async def _read_frame(reader: asyncio.StreamReader) -> bytes:
     size = struct.unpack(">i", await reader.readexactly(4))[0]
     return await reader.readexactly(size)
@@ -333,12 +378,17 @@ def _pack_nullable(text: str | None) -> bytes:
     return struct.pack(">h", -1) if text is None else _pack_string(text)
 
 
-async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+async def _answer_in_order(answers: asyncio.Queue, up_reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+    """Write the connection's answers in the order of its requests: the broker's
+    (None in ``answers``: its next answer, which it gives in order) and the front's
+    own (bytes), until ``False``."""
     try:
-        while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()
-    except OSError:
+        while (answer := await answers.get()) is not False:
+            writer.write(_frame_bytes(await _read_frame(up_reader)) if answer is None
+                         else answer)
+            await writer.drain()
+    except (OSError, asyncio.IncompleteReadError):
         pass
     finally:
-        sink.close()
+        writer.close()

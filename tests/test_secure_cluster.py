@@ -30,7 +30,7 @@ from infra.acls import ROLES, allows, grants
 from infra.broker import EmbeddedBroker, check_access, ensure_topics, prepare_cluster
 from infra.config import ConfigError, Settings
 from sinks.store import AlertStore
-from streams.live import settings_env, start_worker, stop_worker
+from streams.live import produce, settings_env, start_worker, stop_worker
 from tests.factories import dumps, settlement
 from tests.live_support import GROUP_TIMEOUTS, run_through_worker, wait_until
 from tests.secure_front import Certificates, SecureFront
@@ -77,9 +77,10 @@ def _pipeline(base: Settings, tmp_path: Path) -> Settings:
                       db_url=f"sqlite:///{tmp_path / 'alerts.db'}", **GROUP_TIMEOUTS)
 
 
-def _unfiled_stays(n: int) -> list[bytes]:
+def _unfiled_stays(n: int, institution: str = "H440100001") -> list[bytes]:
     return [dumps(settlement(
-        settlement_id=f"SEC-{i}", person_id=f"P-SEC-{i}", institution_id="H440100001",
+        settlement_id=f"SEC-{institution}-{i}", person_id=f"P-SEC-{i}",
+        institution_id=institution,
         insured_region="440900", treatment_region="440100", filing="none",
         visit_type="inpatient", settled_at=f"2025-03-{10 + i:02d}T09:30:00+08:00",
         admitted_on=f"2025-03-{5 + i:02d}", discharged_on=f"2025-03-{10 + i:02d}"))
@@ -261,6 +262,57 @@ def test_a_worker_without_its_acls_says_which_and_stops(cluster, tmp_path):
             "grant it the worker's ACLs (`fundwatch acls` prints them)") in text, text[-3000:]
     # The check named every topic of the worker, and asked for none to be created.
     assert front.refused_metadata[-1] == (USER, tuple(settings.all_topics()), False)
+
+
+@pytest.mark.parametrize("refused", ["alerts", "admit", "deadletter",
+                                     "rule-state changelog"])
+def test_a_write_refused_mid_run_stops_the_worker_and_loses_nothing(cluster, tmp_path,
+                                                                     refused):
+    """An ACL taken away while a worker runs (or a topic the broker will not write
+    to): the broker refuses the worker's writes to one of its topics. The worker must
+    stop (exit code 70, to be restarted) naming the topic, before it commits the
+    records whose output was refused; once the write is allowed again, its successor
+    raises every alert and dead letter once, as a replay of the same records does."""
+    from rules.core import DetectionCore, load_rules
+    from streams.offline import OfflinePipeline
+
+    _, front, base = cluster
+    settings = _pipeline(base, tmp_path)
+    topic = (settings.changelog_topic("rule-state") if refused.endswith("changelog")
+             else settings.topic(refused))
+    assert ensure_topics(settings.bootstrap_servers, settings)
+    before, after = _unfiled_stays(5), _unfiled_stays(5, "H440100002") + [b"{not json"]
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log)
+    try:
+        first = asyncio.run(run_through_worker(settings, worker, before, 5))
+        assert len(first.alerts) == 1
+        front.denied_writes[USER] = {topic}
+        asyncio.run(produce(settings, after))
+        stopped = wait_until(lambda: worker.poll() is not None, 60)
+    finally:
+        front.denied_writes.pop(USER, None)
+        stop_worker(worker)
+    text = log.read_text(errors="replace")
+    assert stopped and worker.returncode == 70, text[-3000:]
+    assert (USER, (topic,)) in front.refused_writes
+    assert (f"the cluster did not take a message for {topic} (TopicAuthorizationFailedError"
+            in text), text[-3000:]
+    assert "grant the worker its ACLs (`fundwatch acls` prints them)" in text
+
+    worker = start_worker(settings, tmp_path / "successor.log")
+    try:
+        observed = asyncio.run(run_through_worker(settings, worker, [], 11,
+                                                  count_redelivered=True))
+    finally:
+        stop_worker(worker)
+    replayed = OfflinePipeline(DetectionCore(load_rules(), partitions=settings.partitions)
+                               ).feed_all(before + after)
+    assert observed.alerts == replayed.alerts
+    assert sorted(a["evidence"]["settlement_count"] for a in observed.alerts.values()) == [5, 5]
+    by_id = sorted(AlertStore(settings.db_url).all(), key=lambda a: a["alert_id"])
+    assert by_id == sorted(observed.alerts.values(), key=lambda a: a["alert_id"])
+    assert [d["source"]["offset"] is not None for d in observed.rejected] == [True]
 
 
 @pytest.mark.parametrize("command", [["replay", "--kafka", "--alerts-out", "a.jsonl"],
