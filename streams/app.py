@@ -980,7 +980,7 @@ def _exit_to_be_restarted() -> None:
 
 def stop_on_failed_send(topic: str, exc: BaseException) -> None:
     """A message the cluster did not take (refused, or not acknowledged in time, the
-    producer's retries spent): stop the process at once, as :func:`stop_hard` does.
+    producer's retries spent): stop the process at once (:func:`stop_for_the_cluster`).
 
     Why here, in the producer's callback, and not where the message was sent: most
     sends are not waited for (the internal hops, dead letters, Faust's own table
@@ -989,17 +989,22 @@ def stop_on_failed_send(topic: str, exc: BaseException) -> None:
     reading for a minute, committing records that never reached a rule. The
     producer calls back before a flush waiting on the same batch resumes (both are
     callbacks of it, the flush's wake-up queued behind), so the process ends before
-    that flush's commit could be sent. An authorization failure means an ACL the
-    worker needs is missing (taken away while it ran: the start-up check passed);
-    its successor will stop the same way until it is granted, having lost nothing.
+    that flush's commit could be sent.
     """
+    stop_for_the_cluster(f"did not take a message for {topic}", exc)
+
+
+def stop_for_the_cluster(failure: str, exc: BaseException) -> None:
+    """The cluster refused the worker something mid-run (``failure``: what): stop at
+    once, exit code 70, as :func:`stop_hard` does. An authorization failure means an
+    ACL the worker needs is missing — taken away while it ran, since the start-up
+    check passed: its successor will stop the same way until it is granted, having
+    lost nothing."""
     hint = ""
-    if isinstance(exc, (kafka_errors.TopicAuthorizationFailedError,
-                        kafka_errors.ClusterAuthorizationFailedError)):
+    if isinstance(exc, kafka_errors.TopicAuthorizationFailedError):
         hint = ": grant the worker its ACLs (`fundwatch acls` prints them)"
-    log.critical("the cluster did not take a message for %s (%s: %s)%s; stopping the "
-                 "worker so that nothing is committed unprocessed", topic,
-                 type(exc).__name__, exc, hint)
+    log.critical("the cluster %s (%s: %s)%s; stopping the worker so that nothing is "
+                 "committed unprocessed", failure, type(exc).__name__, exc, hint)
     _exit_to_be_restarted()
 
 

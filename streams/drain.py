@@ -14,7 +14,7 @@ issue 563).
 A delivery waits only in those three cases, all of which can be seen before it
 starts. :func:`deliverable` looks; when none holds, the record is delivered in place,
 and otherwise exactly as Faust does. Everything else in the loop is Faust's, line for
-line. The version is pinned in ``pyproject.toml``: a new one must be read again.
+line, but for a topic the worker is refused to read (see the loop). The version is pinned in ``pyproject.toml``: a new one must be read again.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import cast
 
+from aiokafka.errors import TopicAuthorizationFailedError
 from mode import Service
 
 
@@ -153,6 +154,14 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - a worker
             self.log.info("Consumer shutting down for user cancel.")
             return
         raise
+    except TopicAuthorizationFailedError as exc:
+        # fundwatch: a topic the worker may no longer read (an ACL taken away while
+        # it ran). Faust would crash the app, exit code 1, saying only "Drain
+        # messages raised"; this says which topic and what to grant, as a refused
+        # write does.
+        from streams.app import stop_for_the_cluster
+
+        stop_for_the_cluster(f"refused to let the worker read {exc.args[0]}", exc)
     except Exception as exc:
         self.log.exception("Drain messages raised: %r", exc)  # noqa: TRY401 - Faust's
         raise

@@ -114,44 +114,50 @@ def _topics(body: _Body, operation: str, partition) -> list:
     return body.array(topic)
 
 
-def produce_request(frame: bytes) -> tuple[int, list[tuple[str, list[int]]]]:
-    """A Produce request's ``acks`` (0: it gets no answer) and the partitions it
-    writes, per topic: what a front answering it in the broker's place needs.
+def written_or_read(frame: bytes) -> tuple[int, list[tuple[str, list[int]]]]:
+    """A Produce or Fetch request's partitions, per topic, and its ``acks`` (a
+    Produce with 0 gets no answer; a Fetch always does: 1): what a front answering
+    it in the broker's place needs.
 
     >>> header = struct.pack(">hhih", PRODUCE, 7, 9, 0) + struct.pack(">hhi", -1, -1, 30000)
     >>> batch = struct.pack(">i", 2) + b"rb"
     >>> topic = struct.pack(">h", 6) + b"alerts" + struct.pack(">ii", 1, 3) + batch
-    >>> produce_request(header + struct.pack(">i", 1) + topic)
+    >>> written_or_read(header + struct.pack(">i", 1) + topic)
     (-1, [('alerts', [3])])
     """
     api_key, version, body = _body(frame)
-    if api_key != PRODUCE or not 3 <= version <= 8:
-        raise Unreadable(f"request {api_key} v{version} is not a Produce v3-8")
-    body.string()  # transactional id: a transactional producer would need more
-    acks = body.fixed(">h")
-    body.skip(4)  # timeout
-
-    def topic():
-        name = body.string()
+    if api_key == PRODUCE and 3 <= version <= 8:
+        body.string()  # transactional id: a transactional producer would need more
+        acks = body.fixed(">h")
+        body.skip(4)  # timeout
 
         def partition():
             index = body.fixed(">i")
             body.blob()
             return index
+    elif api_key == FETCH and 7 <= version <= 11:
+        acks = 1
+        body.skip(4 + 4 + 4 + 4 + 1 + 4 + 4)  # replica, wait, min, max, isolation, session
+
+        def partition():
+            index = body.fixed(">i")
+            body.skip((4 if version >= 9 else 0) + 8 + 8 + 4)
+            return index
+    else:
+        raise Unreadable(f"request {api_key} v{version} is not a Produce v3-8 or Fetch v7-11")
+
+    def topic():
+        name = body.string()
         return name, body.array(partition)
     return acks, body.array(topic)
 
 
 def _produce(body: _Body, version: int) -> list:
-    return [("topic", name, "Write") for name, _ in produce_request(body.data)[1]]
+    return [("topic", name, "Write") for name, _ in written_or_read(body.data)[1]]
 
 
 def _fetch(body: _Body, version: int) -> list:
-    if not 7 <= version <= 11:
-        raise Unreadable(f"Fetch v{version}")
-    body.skip(4 + 4 + 4 + 4 + 1 + 4 + 4)  # replica, wait, min, max, isolation, session
-    per_partition = 4 + (4 if version >= 9 else 0) + 8 + 8 + 4
-    return _topics(body, "Read", lambda: body.skip(per_partition))
+    return [("topic", name, "Read") for name, _ in written_or_read(body.data)[1]]
 
 
 def _list_offsets(body: _Body, version: int) -> list:

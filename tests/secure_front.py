@@ -14,11 +14,12 @@ port, so that every client connection, the group coordinator's and the table
 recovery's included, comes through it. A client that sends anything else before authenticating is
 dropped, as Kafka drops it. On the way it notes, per user, what Kafka's
 authorizer would check for each request (``tests/kafka_requests.py``), for the
-test of the ACLs ``fundwatch acls`` prints. It enforces none of them but two, as
-an authorizer without that user's ACL would: it refuses a Metadata request naming
-a topic a test denies the user, and a Produce request writing to a topic a test
-denies the user to write. Its answers keep the connection's order: a client
-matches answers to requests in the order it sent them.
+test of the ACLs ``fundwatch acls`` prints. It enforces none of them but those a
+test takes away, as an authorizer without that user's ACL would: it refuses a
+Metadata request naming a topic the user may not describe, a Produce request
+writing to one it may not write, a Fetch reading one it may not read. Its answers
+keep the connection's order: a client matches answers to requests in the order
+it sent them.
 """
 from __future__ import annotations
 
@@ -36,13 +37,14 @@ from pathlib import Path
 from infra.broker import free_port
 from tests.kafka_requests import (
     API_VERSIONS,
+    FETCH,
     METADATA,
     PRODUCE,
     SASL_AUTHENTICATE,
     SASL_HANDSHAKE,
     Unreadable,
     authorizations,
-    produce_request,
+    written_or_read,
 )
 
 UNSUPPORTED_SASL_MECHANISM, SASL_AUTHENTICATION_FAILED = 33, 58
@@ -93,10 +95,12 @@ class SecureFront:
         # and each request so refused: (user, topics named, whether it let them be created).
         self.denied: dict[str, set] = defaultdict(set)
         self.refused_metadata: list[tuple[str, tuple, bool]] = []
-        # User → topics its Produce requests are refused; and each refusal: (user,
-        # the denied topics the request wrote to).
+        # User → topics its Produce (Fetch) requests are refused; and each refusal:
+        # (user, the denied topics the request wrote to or read).
         self.denied_writes: dict[str, set] = defaultdict(set)
         self.refused_writes: list[tuple[str, tuple]] = []
+        self.denied_reads: dict[str, set] = defaultdict(set)
+        self.refused_reads: list[tuple[str, tuple]] = []
         self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         certificates.server.configure_cert(self._tls)
         if require_client_certificate:
@@ -154,22 +158,22 @@ class SecureFront:
                               answers: asyncio.Queue,
                               up_writer: asyncio.StreamWriter) -> None:
         """Relay each request, noting what Kafka's authorizer would check for it. A
-        Metadata v5 request naming a topic ``denied`` to the user, and a Produce
-        request writing to a topic in ``denied_writes``, are answered here, as an
-        authorizer without that user's ACL answers: TOPIC_AUTHORIZATION_FAILED for
-        each denied topic. (A real broker would still write the request's other
-        topics; this front writes none of them and answers them
-        NOT_LEADER_OR_FOLLOWER, which a producer retries — not written, and not
-        lost.)"""
+        Metadata v5 request naming a topic ``denied`` to the user, a Produce
+        request writing to a topic in ``denied_writes`` and a Fetch reading one in
+        ``denied_reads`` are answered here, as an authorizer without that user's
+        ACL answers: TOPIC_AUTHORIZATION_FAILED for each denied topic. (A real
+        broker would still serve the request's other topics; this front serves
+        none of them and answers them NOT_LEADER_OR_FOLLOWER, which a client
+        retries — not written, and not lost.)"""
         try:
             while True:
                 frame = await _read_frame(reader)
-                asked, acks, written = [], 1, []  # acks=0: a Produce that gets no answer
+                asked, acks, parts = [], 1, []  # acks=0: a Produce that gets no answer
                 try:
                     api_key, version, asked = authorizations(frame)
                     self.asked[user].update((api_key, *a) for a in asked)
-                    if api_key == PRODUCE:
-                        acks, written = produce_request(frame)
+                    if api_key in (PRODUCE, FETCH):
+                        acks, parts = written_or_read(frame)
                 except (Unreadable, struct.error, IndexError, UnicodeDecodeError) as exc:
                     api_key, version = struct.unpack_from(">hh", frame)
                     self.unreadable.append(f"{user}: request {api_key} v{version}: {exc!r}")
@@ -181,12 +185,16 @@ class SecureFront:
                     answers.put_nowait(_response(
                         correlation, _metadata_v5_answer(named, self.denied[user])))
                     continue
-                refused = sorted({name for name, _ in written} & self.denied_writes[user])
+                denied, refusals, answer = (
+                    (self.denied_writes[user], self.refused_writes, _produce_answer)
+                    if api_key == PRODUCE else
+                    (self.denied_reads[user], self.refused_reads, _fetch_answer))
+                refused = sorted({name for name, _ in parts} & denied)
                 if refused:
-                    self.refused_writes.append((user, tuple(refused)))
+                    refusals.append((user, tuple(refused)))
                     if acks != 0:
-                        answers.put_nowait(_response(correlation, _produce_answer(
-                            version, written, self.denied_writes[user])))
+                        answers.put_nowait(_response(correlation,
+                                                     answer(version, parts, denied)))
                     continue
                 up_writer.write(_frame_bytes(frame))
                 await up_writer.drain()
@@ -329,6 +337,23 @@ def _produce_answer(version: int, written: list, denied: set) -> bytes:
             if version >= 8:
                 answer += struct.pack(">i", 0) + _pack_nullable(None)
     return answer + struct.pack(">i", 0)  # throttle time
+
+
+def _fetch_answer(version: int, read: list, denied: set) -> bytes:
+    """A Fetch v7-11 answer with no records: each partition of a ``denied`` topic
+    refused, the others NOT_LEADER_OR_FOLLOWER (asked again by the consumer)."""
+    answer = struct.pack(">ihii", 0, 0, 0, len(read))  # throttle, error, session
+    for name, partitions in read:
+        error = TOPIC_AUTHORIZATION_FAILED if name in denied else NOT_LEADER_OR_FOLLOWER
+        answer += _pack_string(name) + struct.pack(">i", len(partitions))
+        for index in partitions:
+            # high watermark, last stable offset, log start offset, no aborted
+            # transactions; the preferred read replica (v11); no records
+            answer += struct.pack(">ihqqqi", index, error, -1, -1, -1, -1)
+            if version >= 11:
+                answer += struct.pack(">i", -1)
+            answer += struct.pack(">i", -1)
+    return answer
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes:

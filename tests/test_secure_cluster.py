@@ -79,7 +79,7 @@ def _pipeline(base: Settings, tmp_path: Path) -> Settings:
 
 def _unfiled_stays(n: int, institution: str = "H440100001") -> list[bytes]:
     return [dumps(settlement(
-        settlement_id=f"SEC-{institution}-{i}", person_id=f"P-SEC-{i}",
+        settlement_id=f"SEC-{institution}-{i}", person_id=f"P-SEC-{institution}-{i}",
         institution_id=institution,
         insured_region="440900", treatment_region="440100", filing="none",
         visit_type="inpatient", settled_at=f"2025-03-{10 + i:02d}T09:30:00+08:00",
@@ -264,15 +264,16 @@ def test_a_worker_without_its_acls_says_which_and_stops(cluster, tmp_path):
     assert front.refused_metadata[-1] == (USER, tuple(settings.all_topics()), False)
 
 
-@pytest.mark.parametrize("refused", ["alerts", "admit", "deadletter",
-                                     "rule-state changelog"])
-def test_a_write_refused_mid_run_stops_the_worker_and_loses_nothing(cluster, tmp_path,
-                                                                     refused):
-    """An ACL taken away while a worker runs (or a topic the broker will not write
-    to): the broker refuses the worker's writes to one of its topics. The worker must
-    stop (exit code 70, to be restarted) naming the topic, before it commits the
-    records whose output was refused; once the write is allowed again, its successor
-    raises every alert and dead letter once, as a replay of the same records does."""
+@pytest.mark.parametrize(("operation", "refused"), [
+    ("Write", "alerts"), ("Write", "admit"), ("Write", "deadletter"),
+    ("Write", "rule-state changelog"), ("Read", "settlements")])
+def test_a_topic_refused_mid_run_stops_the_worker_and_loses_nothing(
+        cluster, tmp_path, operation, refused):
+    """An ACL taken away while a worker runs (the start-up check passed): the broker
+    refuses the worker's writes to, or reads from, one of its topics. The worker
+    must stop (exit code 70, to be restarted) naming the topic, before it commits
+    the records whose output was refused; once the ACL is back, its successor raises
+    every alert and dead letter once, as a replay of the same records does."""
     from rules.core import DetectionCore, load_rules
     from streams.offline import OfflinePipeline
 
@@ -280,24 +281,27 @@ def test_a_write_refused_mid_run_stops_the_worker_and_loses_nothing(cluster, tmp
     settings = _pipeline(base, tmp_path)
     topic = (settings.changelog_topic("rule-state") if refused.endswith("changelog")
              else settings.topic(refused))
+    denied, refusals = ((front.denied_writes, front.refused_writes) if operation == "Write"
+                        else (front.denied_reads, front.refused_reads))
     assert ensure_topics(settings.bootstrap_servers, settings)
     before, after = _unfiled_stays(5), _unfiled_stays(5, "H440100002") + [b"{not json"]
     log = tmp_path / "worker.log"
     worker = start_worker(settings, log)
     try:
-        first = asyncio.run(run_through_worker(settings, worker, before, 5))
+        first = asyncio.run(run_through_worker(settings, worker, before, 5, settle_s=0))
         assert len(first.alerts) == 1
-        front.denied_writes[USER] = {topic}
+        denied[USER] = {topic}
         asyncio.run(produce(settings, after))
-        stopped = wait_until(lambda: worker.poll() is not None, 60)
+        stopped = wait_until(lambda: worker.poll() is not None, 90)
     finally:
-        front.denied_writes.pop(USER, None)
+        denied.pop(USER, None)
         stop_worker(worker)
     text = log.read_text(errors="replace")
     assert stopped and worker.returncode == 70, text[-3000:]
-    assert (USER, (topic,)) in front.refused_writes
-    assert (f"the cluster did not take a message for {topic} (TopicAuthorizationFailedError"
-            in text), text[-3000:]
+    assert (USER, (topic,)) in refusals
+    failure = (f"did not take a message for {topic}" if operation == "Write"
+               else f"refused to let the worker read {topic}")
+    assert f"the cluster {failure} (TopicAuthorizationFailedError" in text, text[-3000:]
     assert "grant the worker its ACLs (`fundwatch acls` prints them)" in text
 
     worker = start_worker(settings, tmp_path / "successor.log")
