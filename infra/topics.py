@@ -14,8 +14,12 @@ True
 'compact'
 >>> sorted(configs) == sorted(Settings().all_topics())
 True
+>>> configs["fundwatch.deadletter"]["max.message.bytes"]
+'4194304'
 """
 from __future__ import annotations
+
+from streams.deadletter import DEADLETTER_MAX_BYTES
 
 DAY_MS = 86_400_000
 
@@ -53,4 +57,9 @@ def topic_configs(settings) -> dict[str, dict[str, str]]:
         else:
             configs[topic] = {"cleanup.policy": "delete",
                               "retention.ms": str(RETENTION_DAYS[name] * DAY_MS)}
+        if name == "deadletter":
+            # A dead letter carries a rejected record whole, in base64: a record as
+            # large as an input topic takes makes one larger than the broker's
+            # default limit (1 MB).
+            configs[topic]["max.message.bytes"] = str(DEADLETTER_MAX_BYTES)
     return configs

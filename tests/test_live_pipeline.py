@@ -98,6 +98,30 @@ def test_every_record_ends_where_it_should(live_settings):
     assert offline.counts["accepted"] == 8 and offline.counts["duplicate"] == 2
 
 
+def test_a_bad_record_too_large_to_copy_twice_is_dead_lettered_whole(live_settings):
+    """A dead letter carries its record's exact bytes in base64, and the text beside
+    them: a bad record of 1 MB, as large as a topic takes by default, made a dead
+    letter of 2.3 MB, over the producer's limit (1,000,000 bytes). The send failed,
+    the worker stopped (exit code 70), and a successor would meet the same record:
+    no worker could get past it. The text copy is now left out of a large record's dead letter, and the
+    dead-letter topic and the producer take the largest one (streams.deadletter)."""
+    big = b'{"schema": "settlement/v1", "pad": "' + b"x" * 999_950 + b'"}'
+    small = b'{"schema": "settlement/v1", "pad": "x"}'
+    lines = [dumps(unfiled_stay(1)), big, small, dumps(unfiled_stay(2))]
+    worker = start_worker(live_settings, live_settings_log(live_settings))
+    try:
+        o = asyncio.run(run_through_worker(live_settings, worker, lines, len(lines)))
+    finally:
+        stop_worker(worker)
+    assert o.count("accepted") == 2
+    letters = {base64.b64decode(d["original_b64"]): d for d in o.rejected}
+    assert set(letters) == {big, small}                     # the exact bytes, both
+    assert letters[small]["original"] == small.decode()     # a small one keeps its text
+    assert letters[big]["original"] is None
+    assert letters[big]["original_text_left_out"] is True
+    assert letters[big]["reasons"] == letters[small]["reasons"]
+
+
 def live_settings_log(settings):
     from pathlib import Path
 
