@@ -32,7 +32,7 @@ DEADLETTER_MAX_BYTES = 4 << 20
 #: A record larger than this (on a cluster whose input topics were given a larger
 #: limit) does not fit a dead letter: its bytes stay at their source position,
 #: which the dead letter names, with their size and SHA-256.
-BYTES_COPY_MAX_BYTES = 3 << 20
+BYTES_COPY_MAX_BYTES = 3_000_000  # its base64: 4,000,000 bytes, under DEADLETTER_MAX_BYTES
 
 #: Reasons the pipeline itself adds (the contract's are ``streams.records.REASON_CODES``).
 PIPELINE_CODES = {

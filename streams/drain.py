@@ -14,7 +14,8 @@ issue 563).
 A delivery waits only in those three cases, all of which can be seen before it
 starts. :func:`deliverable` looks; when none holds, the record is delivered in place,
 and otherwise exactly as Faust does. Everything else in the loop is Faust's, line for
-line, but for a topic the worker is refused to read (see the loop). The version is pinned in ``pyproject.toml``: a new one must be read again.
+line, but for a topic the worker is refused to read (see the loop). The version is
+pinned in ``pyproject.toml``: a new one must be read again.
 """
 from __future__ import annotations
 

@@ -103,8 +103,9 @@ def test_a_bad_record_too_large_to_copy_twice_is_dead_lettered_whole(live_settin
     them: a bad record of 1 MB, as large as a topic takes by default, made a dead
     letter of 2.3 MB, over the producer's limit (1,000,000 bytes). The send failed,
     the worker stopped (exit code 70), and a successor would meet the same record:
-    no worker could get past it. The text copy is now left out of a large record's dead letter, and the
-    dead-letter topic and the producer take the largest one (streams.deadletter)."""
+    no worker could get past it. The text copy is now left out of a large record's
+    dead letter, and the dead-letter topic and the producer take the largest one
+    (streams.deadletter)."""
     big = b'{"schema": "settlement/v1", "pad": "' + b"x" * 999_950 + b'"}'
     small = b'{"schema": "settlement/v1", "pad": "x"}'
     lines = [dumps(unfiled_stay(1)), big, small, dumps(unfiled_stay(2))]
