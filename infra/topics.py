@@ -19,9 +19,15 @@ True
 """
 from __future__ import annotations
 
-from streams.deadletter import DEADLETTER_MAX_BYTES
-
 DAY_MS = 86_400_000
+
+#: The largest message a worker writes, and what the topics that carry one take
+#: (``max.message.bytes``; a broker's default is about 1 MB): a dead letter carries
+#: its record whole in base64 (``streams.deadletter``), and an admission hop
+#: message a record's text beside its canonical form — a record of 1 MB, as large
+#: as an input topic takes by default, makes either larger than that.
+MAX_MESSAGE_BYTES = 4 << 20
+LARGE_MESSAGE_TOPICS = ("deadletter", "admit", "detect")
 
 #: Days each topic keeps its records (by the broker's append time).
 RETENTION_DAYS = {
@@ -57,9 +63,6 @@ def topic_configs(settings) -> dict[str, dict[str, str]]:
         else:
             configs[topic] = {"cleanup.policy": "delete",
                               "retention.ms": str(RETENTION_DAYS[name] * DAY_MS)}
-        if name == "deadletter":
-            # A dead letter carries a rejected record whole, in base64: a record as
-            # large as an input topic takes makes one larger than the broker's
-            # default limit (1 MB).
-            configs[topic]["max.message.bytes"] = str(DEADLETTER_MAX_BYTES)
+        if name in LARGE_MESSAGE_TOPICS:
+            configs[topic]["max.message.bytes"] = str(MAX_MESSAGE_BYTES)
     return configs

@@ -41,6 +41,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from infra.broker import kafka_client_options
 from infra.config import Settings
+from infra.topics import MAX_MESSAGE_BYTES
 from infra.tansu import patch_faust_recovery
 from streams import drain, heap, offset_guard, tables
 from rules.alerts import SHANGHAI
@@ -52,7 +53,7 @@ from rules.registry import Registry
 from sinks.store import AlertStore, alert_problems
 from streams.admission import FORGOTTEN, LedgerRetention, admit, iso_day
 from streams.changelog import ChangelogWriter, EncodedValues, StateOverlay
-from streams.deadletter import DEADLETTER_MAX_BYTES, deadletter_record
+from streams.deadletter import deadletter_record
 from streams.latency import LatencyRecorder
 from streams.offline import timer_record
 from streams.records import (Reason, Rejected, Settlement, from_canonical, parse,
@@ -174,9 +175,11 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
         # Room for a stage's table writes of one input batch in one record batch
         # (streams.changelog); Faust's default is 16 KB.
         producer_max_batch_size=MAX_BATCH_BYTES,
-        # A dead letter carries its record whole (streams.deadletter): larger than
-        # Faust's default limit of 1,000,000 bytes for a record of 750 KB.
-        producer_max_request_size=DEADLETTER_MAX_BYTES,
+        # A dead letter carries its record whole, an admission hop message its text
+        # beside its canonical form (infra.topics): over Faust's default limit of
+        # 1,000,000 bytes for records under 1 MB (a valid one of 931,535 bytes made
+        # an admission message of 2,091,308).
+        producer_max_request_size=MAX_MESSAGE_BYTES,
         # Settings.compression_type: the broker's cost follows the bytes written.
         producer_compression_type=(None if settings.compression_type == "none"
                                    else settings.compression_type),

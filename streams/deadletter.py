@@ -17,6 +17,8 @@ import base64
 import hashlib
 from collections.abc import Iterable
 
+from infra.topics import MAX_MESSAGE_BYTES
+
 SCHEMA = "deadletter/v1"
 
 #: A dead letter carries its record's text beside the exact bytes only up to this
@@ -28,7 +30,7 @@ TEXT_COPY_MAX_BYTES = 256 << 10
 #: holds (1 MB; ``streams.records.MAX_RECORD_BYTES``), with its reasons and room to
 #: spare. The dead-letter topic is made to take it (``infra.topics``), the worker's
 #: producer to send it (``streams.app``).
-DEADLETTER_MAX_BYTES = 4 << 20
+DEADLETTER_MAX_BYTES = MAX_MESSAGE_BYTES
 #: A record larger than this (on a cluster whose input topics were given a larger
 #: limit) does not fit a dead letter: its bytes stay at their source position,
 #: which the dead letter names, with their size and SHA-256.

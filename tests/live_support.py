@@ -84,15 +84,20 @@ async def run_through_worker(settings, worker, lines, expect_accounted, timeout_
 
 async def read_changelog(settings, table: str) -> list[tuple[bytes, bytes | None]]:
     """A table's changelog read whole, in order per partition: (key, value) of every
-    record, value None for a tombstone. Counted by reading: Tansu 0.6's ListOffsets
-    answers the last batch's base offset + 1, not the end offset."""
+    record, value None for a tombstone."""
+    return await read_topic(settings, settings.changelog_topic(table))
+
+
+async def read_topic(settings, topic: str) -> list[tuple[bytes, bytes | None]]:
+    """A topic of ``settings.partitions`` partitions read whole, in order per
+    partition: (key, value) of every record. Counted by reading: Tansu 0.6's
+    ListOffsets answers the last batch's base offset + 1, not the end offset."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
                                 enable_auto_commit=False, **kafka_client_options(settings))
     await consumer.start()
     try:
-        topic = settings.changelog_topic(table)
         parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)

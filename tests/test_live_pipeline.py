@@ -19,7 +19,7 @@ from sinks.store import AlertStore
 from streams.live import start_worker, stop_worker
 from streams.offline import OfflinePipeline
 from tests.factories import contribution, dumps, reversal_of, settlement
-from tests.live_support import read_changelog, run_through_worker
+from tests.live_support import read_changelog, read_topic, run_through_worker
 
 pytestmark = pytest.mark.broker
 
@@ -121,6 +121,38 @@ def test_a_bad_record_too_large_to_copy_twice_is_dead_lettered_whole(live_settin
     assert letters[big]["original"] is None
     assert letters[big]["original_text_left_out"] is True
     assert letters[big]["reasons"] == letters[small]["reasons"]
+
+
+def test_a_settlement_as_large_as_a_topic_takes_goes_through(live_settings):
+    """A long stay itemised line by line: 19,000 cost lines, 931,535 bytes, under the
+    1 MB a topic takes by default. Admission passes it on with its text beside its
+    canonical form, a message of 2,091,308 bytes: over the producer's limit of
+    1,000,000 bytes (the worker stopped, exit code 70, and so would every
+    successor), and over a real cluster's default for a topic. The internal hops
+    are now made to take 4 MiB (infra.topics), and the producer to send it."""
+    from infra.topics import topic_configs
+
+    n = 19_000
+    long_stay = unfiled_stay(1, items=[{"category": "drug", "amount": "1.00",
+                                        "quantity": 1}] * n,
+                             total_cost=f"{n}.00", fund_paid=f"{n - 1000}.00",
+                             personal_paid="1000.00")
+    lines = [dumps(long_stay)] + [dumps(unfiled_stay(i)) for i in range(2, 6)]
+    assert 900_000 < len(lines[0]) < 1_000_000
+    worker = start_worker(live_settings, live_settings_log(live_settings))
+    try:
+        o = asyncio.run(run_through_worker(live_settings, worker, lines, len(lines)))
+    finally:
+        stop_worker(worker)
+    assert o.count("accepted") == 5 and not o.deadletters
+    (alert,) = o.alerts.values()                       # five unfiled stays, the long one too
+    assert "LIVE-1" in alert["settlement_ids"]
+    configs = topic_configs(live_settings)
+    largest = {hop: max(len(value) for _, value in asyncio.run(
+        read_topic(live_settings, live_settings.topic(hop)))) for hop in ("admit", "detect")}
+    assert largest["admit"] > 1_048_588, largest  # Kafka's default message.max.bytes
+    for hop, size in largest.items():
+        assert size <= int(configs[live_settings.topic(hop)]["max.message.bytes"]), largest
 
 
 def live_settings_log(settings):
