@@ -272,8 +272,9 @@ def test_a_topic_refused_mid_run_stops_the_worker_and_loses_nothing(
     """An ACL taken away while a worker runs (the start-up check passed): the broker
     refuses the worker's writes to, or reads from, one of its topics. The worker
     must stop (exit code 70, to be restarted) naming the topic, before it commits
-    the records whose output was refused; once the ACL is back, its successor raises
-    every alert and dead letter once, as a replay of the same records does."""
+    the records whose output was refused; once the ACL is back, its successor brings
+    out every alert (the store holding each once) and the dead letter, as a replay
+    of the same records does."""
     from rules.core import DetectionCore, load_rules
     from streams.offline import OfflinePipeline
 
