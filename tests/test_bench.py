@@ -117,3 +117,18 @@ def test_a_bench_phase_stops_its_worker_and_watcher_when_it_fails(live_settings,
         asyncio.run(failing_phase())
     assert phase["worker"].poll() is not None, "the worker was left running"
     assert phase["watcher"]._consumer._closed, "the watcher's consumer was left open"
+
+
+def test_state_sizes_names_each_rules_largest_value_largest_first():
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "state_sizes.py"
+    done = subprocess.run([sys.executable, str(script), "--days", "1", "--scale", "0.1"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines()[2:]]
+    sizes = {row[0]: int(row[1].replace(",", "")) for row in rows}
+    assert {"pool_fund", "phantom_bed", "cross_province_surge"} <= set(sizes)
+    assert all(size > 0 for size in sizes.values())
+    assert list(sizes.values()) == sorted(sizes.values(), reverse=True)
+    assert all(row[3].startswith(row[0] + "|") for row in rows)  # the key shown is its own

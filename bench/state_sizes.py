@@ -1,0 +1,56 @@
+"""How large one key's rule state grows: the largest value of each rule.
+
+    python bench/state_sizes.py [--days 30] [--scale 1.0] [--seed 11]
+
+A worker keeps each rule's state for one key (a person, an institution, a chain, a
+province) as one value of its rule-state table, and writes the whole value to the
+table's changelog as one Kafka message whenever a batch changes it. A topic takes
+messages up to ``max.message.bytes`` (a broker's default is about 1 MB), so a
+value that grows with the size of what its key stands for — a pharmacy chain's
+branches and sales, a province's institutions — has a limit a large enough key
+reaches, and a worker whose write is refused stops (``streams.app``). This replays
+a simulated province through the offline driver (the same code per record as a
+worker) and prints, per rule, its largest value as the changelog holds it (JSON),
+and the three largest keys of all.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from infra.config import Settings
+from streams.app import load_registry
+from streams.changelog import encode_value
+from streams.replay import replay_pipeline
+from streams.simulate import simulate
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=11)
+    args = parser.parse_args()
+    events = simulate(days=args.days, seed=args.seed, scale=args.scale).events
+    settings = Settings(partitions=4)
+    pipeline = replay_pipeline(settings, load_registry(settings))
+    for n, line in enumerate(events, 1):
+        pipeline.feed(line, source=f"line/{n}", offset=n)
+    sizes = sorted(((len(encode_value(value)), slot) for slot, value in pipeline.state.items()),
+                   reverse=True)
+    print(f"{len(events):,} records ({args.days} days, scale {args.scale}, seed {args.seed}); "
+          f"{len(sizes):,} state values")
+    largest: dict[str, tuple[int, str]] = {}
+    for size, slot in sizes:
+        largest.setdefault(str(slot).split("|", 1)[0], (size, str(slot)))
+    print(f"  {'rule or book':<28} {'largest value':>14}  key")
+    for rule, (size, slot) in largest.items():
+        print(f"  {rule:<28} {size:>12,} B  {slot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
