@@ -22,7 +22,6 @@ records, measured in the same run, is printed first for comparison.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections import defaultdict
@@ -34,9 +33,8 @@ from infra.config import Settings
 from rules.core import Book
 from streams import offline
 from streams.app import load_registry
-from streams.bench import core_rate
+from streams.bench import core_rate, simulated_province
 from streams.replay import replay_pipeline
-from streams.simulate import simulate
 
 
 class Timers:
@@ -86,12 +84,7 @@ def timed_pipeline(settings: Settings, timers: Timers):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--scale", type=float, default=1.0)
-    args = parser.parse_args()
-    events = simulate(days=args.days, seed=args.seed, scale=args.scale).events
+    args, events = simulated_province(__doc__.split("\n\n")[0])
     settings = Settings(partitions=4)
     n = len(events)
 

@@ -15,7 +15,6 @@ and the three largest keys of all.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,22 +22,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.config import Settings
 from streams.app import load_registry
+from streams.bench import core_rate, simulated_province
 from streams.changelog import encode_value
 from streams.replay import replay_pipeline
-from streams.simulate import simulate
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=11)
-    args = parser.parse_args()
-    events = simulate(days=args.days, seed=args.seed, scale=args.scale).events
+    args, events = simulated_province(__doc__.split("\n\n")[0])
     settings = Settings(partitions=4)
     pipeline = replay_pipeline(settings, load_registry(settings))
-    for n, line in enumerate(events, 1):
-        pipeline.feed(line, source=f"line/{n}", offset=n)
+    core_rate(settings, events, pipeline)  # feeds every record, as the bench does
     sizes = sorted(((len(encode_value(value)), slot) for slot, value in pipeline.state.items()),
                    reverse=True)
     print(f"{len(events):,} records ({args.days} days, scale {args.scale}, seed {args.seed}); "

@@ -85,6 +85,26 @@ async def raw_consumer_rate(settings: Settings, total: int) -> float:
     return n / (time.perf_counter() - first)
 
 
+def simulated_province(description: str, argv: list[str] | None = None):
+    """The command line of a bench script over a simulated province (``--days``,
+    ``--seed``, ``--scale``) and the province's records: (the arguments, the records).
+
+    >>> args, events = simulated_province("a bench", ["--days", "1", "--scale", "0.1"])
+    >>> (args.days, args.seed, args.scale), len(events) > 0
+    ((1, 11, 0.1), True)
+    """
+    import argparse
+
+    from streams.simulate import simulate
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--scale", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    return args, simulate(days=args.days, seed=args.seed, scale=args.scale).events
+
+
 def core_rate(settings: Settings, events: list[bytes], pipeline=None) -> dict:
     """The detection core alone over ``events``: the replay driver, with the rules,
     registry and partition count a worker of ``settings`` has, the collector set as
