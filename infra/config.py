@@ -110,6 +110,11 @@ class Settings:
     # (bench/state_memory.py measures both). Either way the changelog topics are
     # the tables' source of truth: a starting worker rebuilds them from there.
     table_store: str = "memory"
+    # The longest table value (JSON bytes) written to a changelog as one message; a
+    # longer one, such as a large pharmacy chain's rule state, is written in pieces
+    # (streams.changelog). Keep it below the changelog topics' max.message.bytes
+    # (a broker's default: 1,048,588 bytes, the batch's overhead included).
+    state_piece_bytes: int = 512 * 1024
     # How the worker compresses what it writes to Kafka: the internal hops (each
     # record's raw and canonical form, the canonical once per detect partition it
     # goes to), the changelogs, alerts and scores: 4.1 KB per 557-byte settlement
@@ -257,8 +262,11 @@ class Settings:
 
 
 _INTS = {"partitions", "replication_factor", "allowed_lateness_s", "fetch_max_wait_ms",
-         "fetch_quiet_wait_ms", "standby_replicas", "ledger_retention_days"}
+         "fetch_quiet_wait_ms", "standby_replicas", "ledger_retention_days",
+         "state_piece_bytes"}
 _MAY_BE_ZERO = {"standby_replicas", "ledger_retention_days", "fetch_quiet_wait_ms"}
+# A piece of a few bytes would make a chain's state thousands of messages.
+_AT_LEAST = {"state_piece_bytes": 1024}
 _CHOICES = {"table_store": ("memory", "rocksdb"),
             "compression_type": ("zstd", "lz4", "snappy", "gzip", "none")}
 _FLOATS = {"session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s",
@@ -269,8 +277,9 @@ def _coerce(name: str, raw, where: str):
     try:
         if name in _INTS:
             value = int(raw)
-            if value < (0 if name in _MAY_BE_ZERO else 1):
-                raise ValueError(f"must be at least {0 if name in _MAY_BE_ZERO else 1}")
+            least = _AT_LEAST.get(name, 0 if name in _MAY_BE_ZERO else 1)
+            if value < least:
+                raise ValueError(f"must be at least {least}")
             return value
         if name in _FLOATS:
             value = float(raw)

@@ -219,7 +219,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     # "<rule_id>|<key>" → the rule's JSON state
     rule_state = app.Table("rule-state", default=None, partitions=P, value_type=bytes,
                            **tables.large_table_options(settings, "rule-state"))
-    ledger_values, rule_values = EncodedValues(ledger), EncodedValues(rule_state)
+    ledger_values, rule_values = (EncodedValues(table, piece_bytes=settings.state_piece_bytes)
+                                  for table in (ledger, rule_state))
     # Event-time progress (streams.watermark). Ingest, this process: per source
     # channel ("topic/partition") the newest event time and the last offset it
     # processed, and when it first saw each assigned channel. Admission: per admit
@@ -262,8 +263,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     def aiokafka_producer():
         return app.producer._ensure_producer()  # Faust's own: flushed before commits
 
-    ledger_log = ChangelogWriter(ledger, aiokafka_producer, stop_on_failed_send)
-    rule_log = ChangelogWriter(rule_state, aiokafka_producer, stop_on_failed_send)
+    ledger_log = ChangelogWriter(ledger_values, aiokafka_producer, stop_on_failed_send)
+    rule_log = ChangelogWriter(rule_values, aiokafka_producer, stop_on_failed_send)
     # Per detect partition, the state slots a daily close must visit (rules.core
     # ClosingIndex): built from the table at the partition's first close after an
     # assignment (recovery fills the table without passing here), then kept by
@@ -1009,6 +1010,10 @@ def stop_for_the_cluster(failure: str, exc: BaseException) -> None:
     hint = ""
     if isinstance(exc, kafka_errors.TopicAuthorizationFailedError):
         hint = ": grant the worker its ACLs (`fundwatch acls` prints them)"
+    elif isinstance(exc, kafka_errors.MessageSizeTooLargeError):
+        hint = (": the topic's max.message.bytes is below what the worker writes; give "
+                "the internal hops and the dead letters 4 MiB (infra/topics.py), and "
+                "keep FUNDWATCH_STATE_PIECE_BYTES below the changelogs' limit")
     log.critical("the cluster %s (%s: %s)%s; stopping the worker so that nothing is "
                  "committed unprocessed", failure, type(exc).__name__, exc, hint)
     _exit_to_be_restarted()

@@ -28,17 +28,82 @@ of objects), and a province's persons and ledger are most of a worker's memory
 (``bench/state_memory.py``). The tables are declared ``value_type=bytes``, so
 recovery hands back the same bytes, and the changelog's contents are unchanged:
 readers of the topic (``fundwatch pools``, the inbox) decode the JSON as before.
+
+A value is written whole as one changelog message only up to ``piece_bytes`` of
+JSON (:data:`PIECE_BYTES`, ``FUNDWATCH_STATE_PIECE_BYTES``). A topic takes messages
+up to its ``max.message.bytes`` (a broker's default: about 1 MB, and the changelogs
+are made with the defaults), and a rule's state for one key grows with what the key
+stands for: a pharmacy chain's 9 days of settlements (``bench/state_sizes.py``).
+A write refused stops the worker, so one large chain would have stopped every
+worker and every successor for good. A longer value is written in pieces, each a
+message of its own under a key of its own (:func:`piece_key`), and its key holds a
+small manifest naming them; a read joins them again (:class:`EncodedValues`).
+
+Pieces are never overwritten in place, so a crash part-way through a write leaves
+the value as it was: the new value's pieces go under a new *generation*, then the
+manifest (the write itself), then tombstones for the previous generation's pieces.
+A crash before the manifest leaves pieces no manifest names (the write is re-done
+under the same generation, over them); one after it leaves the old pieces, which
+only take room. Readers of the topic join the pieces as the worker does
+(``streams.live.read_table``).
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import orjson
 
 #: As Faust's JSON codec (faust.utils.json.dumps): the bytes recovery decodes.
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
+
+#: The longest value written as one changelog message (JSON bytes). Half a broker's
+#: default limit (1,048,588 bytes for a record batch): a piece and its key, alone in
+#: their record batch, fit a topic left at Kafka's defaults.
+PIECE_BYTES = 512 * 1024
+#: Where the pieces of a longer value are kept: "~piece/<generation>.<index>/<key>".
+#: No other key of the tables starts so (rule slots start with a rule's id, the
+#: ledger's keys with "s:", "c:", "src:" or one of its own "~…/" prefixes), whatever
+#: the ids in the records.
+PIECE_PREFIX = "~piece/"
+_MANIFEST = b'{"~pieces":'
+
+
+class StateCorrupt(RuntimeError):
+    """A value's manifest names a piece the table does not hold."""
+
+
+def piece_key(key: str, generation: int, index: int) -> str:
+    """The key of a piece of ``key``'s value.
+
+    >>> piece_key("pharmacy_chain_anomaly|PCH001", 3, 0)
+    '~piece/3.0/pharmacy_chain_anomaly|PCH001'
+    >>> owner_of(_)
+    'pharmacy_chain_anomaly|PCH001'
+    """
+    return f"{PIECE_PREFIX}{generation}.{index}/{key}"
+
+
+def owner_of(key: str) -> str | None:
+    """The key whose value a piece is part of; None for a key that is no piece."""
+    if not key.startswith(PIECE_PREFIX):
+        return None
+    return key.split("/", 2)[2]
+
+
+def joined(key: str, raw: bytes | None, lookup: Callable[[str], bytes | None]) -> bytes | None:
+    """A value's JSON: ``raw`` itself, or the pieces its manifest names, joined."""
+    if raw is None or not raw.startswith(_MANIFEST):
+        return raw
+    manifest = orjson.loads(raw)
+    generation, count = manifest["generation"], manifest["~pieces"]
+    pieces = [lookup(piece_key(key, generation, i)) for i in range(count)]
+    if any(piece is None for piece in pieces) or sum(map(len, pieces)) != manifest["bytes"]:
+        raise StateCorrupt(f"{key!r}: the table does not hold the {count} pieces of "
+                           f"generation {generation} ({manifest['bytes']} bytes) its "
+                           "manifest names")
+    return b"".join(pieces)
 
 
 def encode_value(value: Any) -> bytes:
@@ -65,52 +130,133 @@ def encode_entry(key: str, value: Any) -> tuple[bytes, bytes]:
 class EncodedValues(MutableMapping):
     """A mapping whose values are kept as their JSON bytes (a Faust table declared
     ``value_type=bytes``, or a dict), decoded on every read: the rules and the
-    admission see plain values, the table holds what its changelog holds.
+    admission see plain values, the table holds what its changelog holds. A value
+    longer than ``piece_bytes`` is kept in pieces (see the module doc); None keeps
+    every value whole.
 
     >>> values = EncodedValues({})
     >>> values["s:S1"] = {"d": "ab12", "ap": [0, 7]}
     >>> values.store["s:S1"], values["s:S1"]["ap"], values.get("s:S2")
     (b'{"d":"ab12","ap":[0,7]}', [0, 7], None)
+
+    In pieces:
+
+    >>> values = EncodedValues({}, piece_bytes=16)
+    >>> values["chain|PCH9"] = {"sold": list(range(10))}
+    >>> sorted(values.store)
+    ['chain|PCH9', '~piece/1.0/chain|PCH9', '~piece/1.1/chain|PCH9']
+    >>> values.store["chain|PCH9"]
+    b'{"~pieces":2,"generation":1,"bytes":30}'
+    >>> values["chain|PCH9"]["sold"][-1], list(values), len(values)
+    (9, ['chain|PCH9'], 1)
+    >>> [(key, value and len(value)) for key, value in
+    ...  values.entries("chain|PCH9", {"sold": list(range(12))})]    # doctest: +NORMALIZE_WHITESPACE
+    [('~piece/2.0/chain|PCH9', 16), ('~piece/2.1/chain|PCH9', 16), ('~piece/2.2/chain|PCH9', 4),
+     ('chain|PCH9', 39), ('~piece/1.0/chain|PCH9', None), ('~piece/1.1/chain|PCH9', None)]
+    >>> del values["chain|PCH9"]
+    >>> values.store
+    {}
     """
 
-    def __init__(self, store: MutableMapping[str, bytes]) -> None:
+    def __init__(self, store: MutableMapping[str, bytes],
+                 piece_bytes: int | None = PIECE_BYTES) -> None:
         self.store = store
+        self.piece_bytes = piece_bytes
+
+    def raw(self, key: str) -> bytes | None:
+        """A value's JSON bytes (its pieces joined), None for a key not held."""
+        return joined(key, self.store.get(key), self.store.get)
 
     def __getitem__(self, key: str) -> Any:
-        raw = self.store[key]
-        if raw is None:  # a Faust table's default for a missing key
+        raw = self.raw(key)
+        if raw is None:  # also a Faust table's default for a missing key
             raise KeyError(key)
         return orjson.loads(raw)
 
     def get(self, key: str, default: Any = None) -> Any:
-        raw = self.store.get(key)
+        raw = self.raw(key)
         return default if raw is None else orjson.loads(raw)
 
+    def entries(self, key: str, value: Any) -> list[tuple[str, bytes | None]]:
+        """What writing ``value`` (None: deleting) under ``key`` puts in the store,
+        in the order the changelog must take it (None: a tombstone)."""
+        held = self.store.get(key)
+        old = orjson.loads(held) if held is not None and held.startswith(_MANIFEST) else None
+        out: list[tuple[str, bytes | None]] = []
+        if value is None:
+            out.append((key, None))
+        else:
+            encoded = encode_value(value)
+            size = self.piece_bytes
+            if size and len(encoded) > size:
+                generation = old["generation"] + 1 if old else 1
+                out += [(piece_key(key, generation, n), encoded[at:at + size])
+                        for n, at in enumerate(range(0, len(encoded), size))]
+                encoded = encode_value({"~pieces": len(out), "generation": generation,
+                                        "bytes": len(encoded)})
+            out.append((key, encoded))
+        if old:
+            out += [(piece_key(key, old["generation"], n), None)
+                    for n in range(old["~pieces"])]
+        return out
+
     def __setitem__(self, key: str, value: Any) -> None:
-        self.store[key] = encode_value(value)
+        apply_entries(self.store, self.entries(key, value))
 
     def __delitem__(self, key: str) -> None:
-        del self.store[key]
+        if self.store.get(key) is None:
+            raise KeyError(key)
+        apply_entries(self.store, self.entries(key, None))
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.store)
+        return (key for key in self.store if not key.startswith(PIECE_PREFIX))
+
+    def stray_pieces(self) -> list[str]:
+        """Pieces held that no manifest names: none, unless a crash cut a write short.
+
+        >>> values = EncodedValues({"~piece/2.0/k": b"[1,"}, piece_bytes=4)
+        >>> values.stray_pieces()
+        ['~piece/2.0/k']
+        """
+        named = set()
+        for key in self:
+            held = self.store.get(key)
+            if held is not None and held.startswith(_MANIFEST):
+                manifest = orjson.loads(held)
+                named.update(piece_key(key, manifest["generation"], n)
+                             for n in range(manifest["~pieces"]))
+        return sorted(key for key in self.store
+                      if key.startswith(PIECE_PREFIX) and key not in named)
 
     def __len__(self) -> int:
-        return len(self.store)
+        return sum(1 for _ in self)
+
+
+def apply_entries(store: MutableMapping[str, bytes],
+                  entries: Iterable[tuple[str, bytes | None]]) -> None:
+    for key, encoded in entries:
+        if encoded is None:
+            with contextlib.suppress(KeyError):
+                del store[key]
+        else:
+            store[key] = encoded
 
 
 class ChangelogWriter:
     """Writes to one Faust table of encoded values (``value_type=bytes``), sent as
     record batches (see the module doc).
 
-    ``producer`` returns the started aiokafka producer (Faust's own, so that its
-    commit-time flush covers these batches); ``on_failure(topic, exc)`` is called
-    if the broker refuses a batch.
+    ``values`` is the table seen through :class:`EncodedValues` (``values.store``
+    is the Faust table): what a value is written as, whole or in pieces, is its
+    choice. ``producer`` returns the started aiokafka producer (Faust's own, so that
+    its commit-time flush covers these batches); ``on_failure(topic, exc)`` is
+    called if the broker refuses a batch.
     """
 
-    def __init__(self, table, producer: Callable[[], Any],
+    def __init__(self, values: EncodedValues, producer: Callable[[], Any],
                  on_failure: Callable[[str, BaseException], None]) -> None:
-        self.table = table
+        self.values = values
+        self.table = values.store
         self.producer = producer
         self.on_failure = on_failure
         self.batches = 0
@@ -127,21 +273,16 @@ class ChangelogWriter:
         store = self.table.data
         batch = producer.create_batch()
         for key, value in changes.items():
-            if value is None:  # deleted: a tombstone, which recovery applies as one
-                encoded_key, encoded_value = orjson.dumps(key), None
-            else:
-                encoded_key, encoded_value = encode_entry(key, value)
-            if batch.append(key=encoded_key, value=encoded_value, timestamp=None) is None:
-                await self._send(producer, batch, topic, partition)
-                batch = producer.create_batch()
-                # An empty batch takes any one record, whatever its size.
-                batch.append(key=encoded_key, value=encoded_value, timestamp=None)
-            if encoded_value is None:
-                with contextlib.suppress(KeyError):
-                    del store[key]
-            else:
-                store[key] = encoded_value
-            self.records += 1
+            # A tombstone (None) recovery applies as one; a long value in pieces.
+            for entry_key, encoded_value in self.values.entries(key, value):
+                encoded_key = orjson.dumps(entry_key)
+                if batch.append(key=encoded_key, value=encoded_value, timestamp=None) is None:
+                    await self._send(producer, batch, topic, partition)
+                    batch = producer.create_batch()
+                    # An empty batch takes any one record, whatever its size.
+                    batch.append(key=encoded_key, value=encoded_value, timestamp=None)
+                apply_entries(store, ((entry_key, encoded_value),))
+                self.records += 1
         await self._send(producer, batch, topic, partition)
 
     async def _send(self, producer, batch, topic: str, partition: int) -> None:

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from infra.broker import kafka_client_options
 from infra.config import Settings
 from infra.tansu import true_end_offsets
+from streams.changelog import EncodedValues, owner_of
 from streams.records import Rejected, parse
 from streams.watermark import event_ms
 
@@ -402,7 +403,7 @@ async def read_table_async(settings: Settings, table: str, prefix: str = ""
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 **kafka_client_options(settings))
     await consumer.start()
-    content: dict[str, dict] = {}
+    held: dict[str, bytes] = {}  # as the worker's table holds them: long values in pieces
     try:
         parts = [TopicPartition(topic, p)
                  for p in sorted(consumer.partitions_for_topic(topic) or ())]
@@ -411,7 +412,7 @@ async def read_table_async(settings: Settings, table: str, prefix: str = ""
             parts = [TopicPartition(topic, p)
                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not parts:
-            return content
+            return {}
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         # The embedded broker under-reports ends (infra/tansu.py): confirm them, or
@@ -427,11 +428,11 @@ async def read_table_async(settings: Settings, table: str, prefix: str = ""
             for tp, records in batches.items():
                 for record in records:
                     key = _table_key(record.key)
-                    if key.startswith(prefix):
+                    if (owner_of(key) or key).startswith(prefix):
                         if record.value is None:
-                            content.pop(key, None)
+                            held.pop(key, None)
                         else:
-                            content[key] = orjson.loads(record.value)
+                            held[key] = record.value
                     if record.offset + 1 >= ends[tp]:
                         remaining.discard(tp)
         if remaining:  # a table cut short would show stale values as current
@@ -440,7 +441,8 @@ async def read_table_async(settings: Settings, table: str, prefix: str = ""
                                f"of their end offsets (3 s without a record)")
     finally:
         await consumer.stop()
-    return content
+    values = EncodedValues(held)
+    return {key: values[key] for key in values}
 
 
 def _table_key(raw: bytes | None) -> str:

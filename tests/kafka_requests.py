@@ -66,9 +66,10 @@ class _Body:
         self.at += n
         return self.data[self.at - n:self.at].decode()
 
-    def blob(self) -> None:
+    def blob(self) -> int:
         size = max(0, self.length(">i"))  # read first: it moves ``at``
         self.at += size
+        return size
 
     def array(self, item) -> list:
         return [item() for _ in range(max(0, self.length(">i")))]
@@ -114,18 +115,21 @@ def _topics(body: _Body, operation: str, partition) -> list:
     return body.array(topic)
 
 
-def written_or_read(frame: bytes) -> tuple[int, list[tuple[str, list[int]]]]:
+def written_or_read(frame: bytes) -> tuple[int, list[tuple[str, list[int]]], dict[str, int]]:
     """A Produce or Fetch request's partitions, per topic, and its ``acks`` (a
-    Produce with 0 gets no answer; a Fetch always does: 1): what a front answering
-    it in the broker's place needs.
+    Produce with 0 gets no answer; a Fetch always does: 1), and for a Produce the
+    largest record set it writes to a partition of each topic (a broker holds it
+    against the topic's ``max.message.bytes``): what a front answering it in the
+    broker's place needs.
 
     >>> header = struct.pack(">hhih", PRODUCE, 7, 9, 0) + struct.pack(">hhi", -1, -1, 30000)
     >>> batch = struct.pack(">i", 2) + b"rb"
     >>> topic = struct.pack(">h", 6) + b"alerts" + struct.pack(">ii", 1, 3) + batch
     >>> written_or_read(header + struct.pack(">i", 1) + topic)
-    (-1, [('alerts', [3])])
+    (-1, [('alerts', [3])], {'alerts': 2})
     """
     api_key, version, body = _body(frame)
+    largest: dict[str, int] = {}
     if api_key == PRODUCE and 3 <= version <= 8:
         body.string()  # transactional id: a transactional producer would need more
         acks = body.fixed(">h")
@@ -133,7 +137,7 @@ def written_or_read(frame: bytes) -> tuple[int, list[tuple[str, list[int]]]]:
 
         def partition():
             index = body.fixed(">i")
-            body.blob()
+            largest[name] = max(largest.get(name, 0), body.blob())
             return index
     elif api_key == FETCH and 7 <= version <= 11:
         acks = 1
@@ -147,9 +151,11 @@ def written_or_read(frame: bytes) -> tuple[int, list[tuple[str, list[int]]]]:
         raise Unreadable(f"request {api_key} v{version} is not a Produce v3-8 or Fetch v7-11")
 
     def topic():
+        nonlocal name
         name = body.string()
         return name, body.array(partition)
-    return acks, body.array(topic)
+    name = None
+    return acks, body.array(topic), largest
 
 
 def _produce(body: _Body, version: int) -> list:

@@ -48,7 +48,8 @@ from tests.kafka_requests import (
 )
 
 UNSUPPORTED_SASL_MECHANISM, SASL_AUTHENTICATION_FAILED = 33, 58
-UNKNOWN_TOPIC_OR_PARTITION, NOT_LEADER_OR_FOLLOWER, TOPIC_AUTHORIZATION_FAILED = 3, 6, 29
+UNKNOWN_TOPIC_OR_PARTITION, NOT_LEADER_OR_FOLLOWER, MESSAGE_TOO_LARGE = 3, 6, 10
+TOPIC_AUTHORIZATION_FAILED = 29
 SCRAM_ITERATIONS = 4096
 CERTIFICATE = "(client certificate)"  # the user of a connection on TLS alone
 
@@ -101,6 +102,13 @@ class SecureFront:
         self.refused_writes: list[tuple[str, tuple]] = []
         self.denied_reads: dict[str, set] = defaultdict(set)
         self.refused_reads: list[tuple[str, tuple]] = []
+        # Topic → its max.message.bytes, which Tansu does not enforce: a Produce
+        # writing a larger record set to it is refused (MESSAGE_TOO_LARGE), as a
+        # broker refuses it. The largest record set written to each topic, and each
+        # refusal: (user, topic, size).
+        self.max_message_bytes: dict[str, int] = {}
+        self.largest_written: dict[str, int] = defaultdict(int)
+        self.refused_sizes: list[tuple[str, str, int]] = []
         self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         certificates.server.configure_cert(self._tls)
         if require_client_certificate:
@@ -161,19 +169,21 @@ class SecureFront:
         Metadata v5 request naming a topic ``denied`` to the user, a Produce
         request writing to a topic in ``denied_writes`` and a Fetch reading one in
         ``denied_reads`` are answered here, as an authorizer without that user's
-        ACL answers: TOPIC_AUTHORIZATION_FAILED for each denied topic. (A real
-        broker would still serve the request's other topics; this front serves
-        none of them and answers them NOT_LEADER_OR_FOLLOWER, which a client
-        retries — not written, and not lost.)"""
+        ACL answers: TOPIC_AUTHORIZATION_FAILED for each denied topic; a Produce
+        writing a record set larger than a topic's ``max_message_bytes``, as a broker
+        answers it: MESSAGE_TOO_LARGE. (A real broker would still serve the
+        request's other topics; this front serves none of them and answers them
+        NOT_LEADER_OR_FOLLOWER, which a client retries — not written, and not
+        lost.)"""
         try:
             while True:
                 frame = await _read_frame(reader)
-                asked, acks, parts = [], 1, []  # acks=0: a Produce that gets no answer
+                asked, acks, parts, sizes = [], 1, [], {}  # acks=0: a Produce not answered
                 try:
                     api_key, version, asked = authorizations(frame)
                     self.asked[user].update((api_key, *a) for a in asked)
                     if api_key in (PRODUCE, FETCH):
-                        acks, parts = written_or_read(frame)
+                        acks, parts, sizes = written_or_read(frame)
                 except (Unreadable, struct.error, IndexError, UnicodeDecodeError) as exc:
                     api_key, version = struct.unpack_from(">hh", frame)
                     self.unreadable.append(f"{user}: request {api_key} v{version}: {exc!r}")
@@ -195,6 +205,17 @@ class SecureFront:
                     if acks != 0:
                         answers.put_nowait(_response(correlation,
                                                      answer(version, parts, denied)))
+                    continue
+                too_large = {name for name, size in sizes.items()
+                             if size > self.max_message_bytes.get(name, size)}
+                for name, size in sizes.items():
+                    self.largest_written[name] = max(self.largest_written[name], size)
+                    if name in too_large:
+                        self.refused_sizes.append((user, name, size))
+                if too_large:
+                    if acks != 0:
+                        answers.put_nowait(_response(correlation, _produce_answer(
+                            version, parts, too_large, MESSAGE_TOO_LARGE)))
                     continue
                 up_writer.write(_frame_bytes(frame))
                 await up_writer.drain()
@@ -321,12 +342,14 @@ def _metadata_v5_answer(topics: list[str], denied: set) -> bytes:
     return answer
 
 
-def _produce_answer(version: int, written: list, denied: set) -> bytes:
+def _produce_answer(version: int, written: list, denied: set,
+                    refusal: int = TOPIC_AUTHORIZATION_FAILED) -> bytes:
     """A Produce v3-8 answer writing nothing: each partition of a ``denied`` topic
-    refused, the others NOT_LEADER_OR_FOLLOWER (retried by the producer)."""
+    refused (``refusal``), the others NOT_LEADER_OR_FOLLOWER (retried by the
+    producer)."""
     answer = struct.pack(">i", len(written))
     for name, partitions in written:
-        error = TOPIC_AUTHORIZATION_FAILED if name in denied else NOT_LEADER_OR_FOLLOWER
+        error = refusal if name in denied else NOT_LEADER_OR_FOLLOWER
         answer += _pack_string(name) + struct.pack(">i", len(partitions))
         for index in partitions:
             # base offset, log append time; then log start offset (v5); then the

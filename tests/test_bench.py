@@ -128,7 +128,10 @@ def test_state_sizes_names_each_rules_largest_value_largest_first():
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split() for line in done.stdout.splitlines()[2:]]
     sizes = {row[0]: int(row[1].replace(",", "")) for row in rows}
+    compressed = {row[0]: int(row[3].replace(",", "")) for row in rows}
     assert {"pool_fund", "phantom_bed", "cross_province_surge"} <= set(sizes)
     assert all(size > 0 for size in sizes.values())
     assert list(sizes.values()) == sorted(sizes.values(), reverse=True)
-    assert all(row[3].startswith(row[0] + "|") for row in rows)  # the key shown is its own
+    assert all(0 < compressed[rule] < sizes[rule] + 64 for rule in sizes)
+    assert [row[5] for row in rows] == ["1"] * len(rows)  # small: each value whole
+    assert all(row[6].startswith(row[0] + "|") for row in rows)  # the key shown is its own

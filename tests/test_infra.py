@@ -46,6 +46,8 @@ def test_a_ledger_window_of_zero_keeps_every_id():
     ('[fundwatch]\nledger_retention_days = -1\n', "ledger_retention_days = -1 is not valid"),
     ('[fundwatch]\nstop_deadline_s = 0\n', "stop_deadline_s = 0 is not valid (must be more than 0)"),
     ('[fundwatch]\nsession_timeout_s = -6\n', "session_timeout_s = -6 is not valid"),
+    ('[fundwatch]\nstate_piece_bytes = 100\n',
+     "state_piece_bytes = 100 is not valid (must be at least 1024)"),
 ])
 def test_config_errors_name_the_file_and_the_key(tmp_path, text, needle):
     conf = tmp_path / "bad.toml"

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -29,6 +30,7 @@ import pytest
 from infra.acls import ROLES, allows, grants
 from infra.broker import EmbeddedBroker, check_access, ensure_topics, prepare_cluster
 from infra.config import ConfigError, Settings
+from rules.alerts import SHANGHAI
 from sinks.store import AlertStore
 from streams.live import produce, settings_env, start_worker, stop_worker
 from tests.factories import dumps, settlement
@@ -318,6 +320,120 @@ def test_a_topic_refused_mid_run_stops_the_worker_and_loses_nothing(
     by_id = sorted(AlertStore(settings.db_url).all(), key=lambda a: a["alert_id"])
     assert by_id == sorted(observed.alerts.values(), key=lambda a: a["alert_id"])
     assert [d["source"]["offset"] is not None for d in observed.rejected] == [True]
+
+
+CHAIN = "PCH-LARGE"
+BRANCHES = {"440300": "P440300901", "450100": "P450100901"}  # Shenzhen, Nanning
+
+
+def _chain_sales(days: range, per_day: int) -> list[bytes]:
+    """A pharmacy chain's sales at its branches in two provinces, ``per_day`` a day,
+    each to a customer of that branch's own town."""
+    sales = []
+    for day in days:
+        for i in range(per_day):
+            region = sorted(BRANCHES)[i % 2]
+            sales.append(_pharmacy_sale(f"PCL-{day}-{i}", f"PCL-{region}-{i % 1500}",
+                                        region, f"2025-03-{day:02d}T{8 + i % 12:02d}:"
+                                        f"{i % 60:02d}:00+08:00", 30 + i % 50))
+    return sales
+
+
+def _pharmacy_sale(settlement_id: str, person: str, region: str, at: str,
+                   yuan: int) -> bytes:
+    return dumps(settlement(
+        settlement_id=settlement_id, person_id=person, institution_id=BRANCHES[region],
+        institution_type="pharmacy", institution_level=None, chain_id=CHAIN,
+        visit_type="pharmacy", insured_region=region, treatment_region=region,
+        settled_at=at, diagnoses=["I10"], fund_paid=f"{yuan}.00",
+        personal_paid=f"{yuan // 4}.00"))
+
+
+@pytest.mark.parametrize("piece_bytes", [64 * 1024, None], ids=["in-pieces", "whole"])
+def test_a_chains_state_larger_than_its_changelog_takes_is_written_in_pieces(
+        cluster, tmp_path, piece_bytes):
+    """A rule's state for one key grows with what the key stands for: a pharmacy
+    chain's is its last 9 days of settlements. A broker refuses a message larger than
+    the topic's ``max.message.bytes``; the front refuses as it does, for the
+    rule-state changelog at 300,000 bytes (a broker's default is 1,048,588). The
+    chain's state passes that in the second half of the stream.
+
+    Written in pieces of 64 KiB, it goes through: the worker stopped half-way, its
+    successor rebuilds the state from the pieces and finds the persons served in
+    both provinces across the two halves, as a replay does, and the table read back
+    from the changelog holds the replay's state. Written whole (``whole``: the
+    pieces' limit above the state's size), the refused write stops the worker, exit
+    code 70, naming the topic and what to change.
+
+    The pieces are kept in RocksDB tables (``FUNDWATCH_TABLE_STORE=rocksdb``), whose
+    store puts a key in the database of the partition being handled and looks it
+    up there: a piece must land beside its manifest, in the worker and in its
+    successor's recovery. (The memory store is one dict, and the shared rule test
+    runs every rule with its state in pieces in one.) Uncompressed
+    (compression_type none): zstd makes a chain's JSON several times smaller, and
+    the same stop would take a stream several times longer."""
+    from rules.core import DetectionCore, load_rules
+    from streams.live import read_table
+    from streams.offline import OfflinePipeline
+
+    _, front, base = cluster
+    settings = _pipeline(base, tmp_path).with_(
+        compression_type="none", state_piece_bytes=piece_bytes or 64 * 1024 * 1024,
+        table_store="rocksdb" if piece_bytes else "memory")
+    changelog = settings.changelog_topic("rule-state")
+    front.max_message_bytes[changelog] = limit = 300_000
+    # Three persons served in Shenzhen on the 13th's evening and in Nanning on the
+    # 14th's morning: the stop falls between the two.
+    shared = [f"PCL-SHARED-{k}" for k in range(3)]
+    first = _chain_sales(range(10, 14), 700) + [
+        _pharmacy_sale(f"PCL-X{k}-a", person, "440300", "2025-03-13T20:00:00+08:00", 90)
+        for k, person in enumerate(shared)]
+    second = [_pharmacy_sale(f"PCL-X{k}-b", person, "450100", "2025-03-14T09:00:00+08:00",
+                             90) for k, person in enumerate(shared)]
+    second += _chain_sales(range(14, 18), 700)
+    assert ensure_topics(settings.bootstrap_servers, settings)
+    try:
+        if piece_bytes is None:
+            worker = start_worker(settings, tmp_path / "worker.log")
+            try:
+                asyncio.run(produce(settings, first + second))
+                stopped = wait_until(lambda: worker.poll() is not None, 90)
+            finally:
+                stop_worker(worker)
+            text = (tmp_path / "worker.log").read_text(errors="replace")
+            assert stopped and worker.returncode == 70, text[-3000:]
+            assert [(user, topic) for user, topic, _ in front.refused_sizes] == [
+                (USER, changelog)] * len(front.refused_sizes) != []
+            assert (f"the cluster did not take a message for {changelog} "
+                    "(MessageSizeTooLargeError") in text, text[-3000:]
+            assert ("keep FUNDWATCH_STATE_PIECE_BYTES below the changelogs' limit"
+                    in text), text[-3000:]
+            return
+        observed = {}
+        for n, lines in enumerate((first, second)):
+            worker = start_worker(settings, tmp_path / f"worker-{n}.log")
+            try:
+                seen = asyncio.run(run_through_worker(
+                    settings, worker, lines, len(lines),
+                    closed_through=n and datetime(2025, 3, 17, tzinfo=SHANGHAI) or None))
+            finally:
+                stop_worker(worker)
+            assert worker.returncode == 0
+            observed.update(seen.alerts)
+        held = read_table(settings, "rule-state", prefix="pharmacy_chain_anomaly|")
+    finally:
+        front.max_message_bytes.pop(changelog)
+    assert front.refused_sizes == []
+    assert piece_bytes < front.largest_written[changelog] <= limit
+    replayed = OfflinePipeline(DetectionCore(load_rules(), partitions=settings.partitions)
+                               ).feed_all(first + second)
+    slot = f"pharmacy_chain_anomaly|{CHAIN}"
+    state = replayed.state[slot]["v"]
+    assert len(orjson.dumps(state)) > limit
+    assert held[slot]["v"] == orjson.loads(orjson.dumps(state))
+    assert observed == replayed.alerts
+    chain_alerts = [a for a in observed.values() if a["rule_id"] == "pharmacy_chain_anomaly"]
+    assert [a["evidence"]["shared_person_count"] for a in chain_alerts] == [3]
 
 
 @pytest.mark.parametrize("command", [["replay", "--kafka", "--alerts-out", "a.jsonl"],
