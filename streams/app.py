@@ -1008,7 +1008,8 @@ def stop_for_the_cluster(failure: str, exc: BaseException) -> None:
     check passed: its successor will stop the same way until it is granted, having
     lost nothing."""
     hint = ""
-    if isinstance(exc, kafka_errors.TopicAuthorizationFailedError):
+    if isinstance(exc, (kafka_errors.TopicAuthorizationFailedError,
+                        kafka_errors.GroupAuthorizationFailedError)):
         hint = ": grant the worker its ACLs (`fundwatch acls` prints them)"
     elif isinstance(exc, kafka_errors.MessageSizeTooLargeError):
         hint = (": the topic's max.message.bytes is below what the worker writes; give "

@@ -16,6 +16,11 @@ starts. :func:`deliverable` looks; when none holds, the record is delivered in p
 and otherwise exactly as Faust does. Everything else in the loop is Faust's, line for
 line, but for a topic the worker is refused to read (see the loop). The version is
 pinned in ``pyproject.toml``: a new one must be read again.
+
+The consumer's commits are refused in the same way when the worker loses its
+group's ACL: Faust then crashes the worker, exit code 1, saying only "Got
+exception: GroupAuthorizationFailedError". :func:`patch` makes that stop say which
+group and what to grant, as a refused read or write does (``streams.app``).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import cast
 
-from aiokafka.errors import TopicAuthorizationFailedError
+from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
 from mode import Service
 
 
@@ -66,14 +71,28 @@ def deliverable(consumer, message) -> bool:
 
 
 def patch() -> None:
-    """Make Faust's consumers deliver in place what :func:`deliverable` allows."""
+    """Make Faust's consumers deliver in place what :func:`deliverable` allows, and
+    stop with the cluster's reason when their group refuses a commit."""
     from faust.transport import consumer as faust_consumer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     Consumer = faust_consumer.Consumer
     if getattr(Consumer, "_fundwatch_drain", False):
         return
     Consumer._drain_messages = _drain_messages
     Consumer._fundwatch_drain = True
+    crash = AIOKafkaConsumerThread.crash
+
+    async def crash_unless_refused(self, reason: BaseException) -> None:
+        # Faust's commit catches every error and crashes the consumer thread with it.
+        if isinstance(reason, GroupAuthorizationFailedError):
+            from streams.app import stop_for_the_cluster
+
+            stop_for_the_cluster(f"refused the worker's commit for group {reason.args[0]}",
+                                 reason)
+        await crash(self, reason)
+
+    AIOKafkaConsumerThread.crash = crash_unless_refused
 
 
 async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - a worker runs it

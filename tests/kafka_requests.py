@@ -189,6 +189,28 @@ def _metadata(body: _Body, version: int) -> list:
 
 
 def _offset_commit(body: _Body, version: int) -> list:
+    group, topics = _committed(body, version)
+    return [("group", group, "Read")] + [("topic", name, "Read") for name, _ in topics]
+
+
+def committed(frame: bytes) -> tuple[str, list[tuple[str, list[int]]]]:
+    """An OffsetCommit request's group and its partitions, per topic: what a front
+    answering it in the broker's place needs.
+
+    >>> header = struct.pack(">hhih", OFFSET_COMMIT, 2, 5, 0)
+    >>> body = struct.pack(">h", 2) + b"fw" + struct.pack(">ih", 3, 1) + b"m"
+    >>> body += struct.pack(">q", -1) + struct.pack(">i", 1) + struct.pack(">h", 1) + b"t"
+    >>> body += struct.pack(">iiqh", 1, 0, 42, -1)   # partition 0 at offset 42, no metadata
+    >>> committed(header + body)
+    ('fw', [('t', [0])])
+    """
+    api_key, version, body = _body(frame)
+    if api_key != OFFSET_COMMIT:
+        raise Unreadable(f"request {api_key} is not an OffsetCommit")
+    return _committed(body, version)
+
+
+def _committed(body: _Body, version: int) -> tuple[str, list[tuple[str, list[int]]]]:
     if not 2 <= version <= 7:
         raise Unreadable(f"OffsetCommit v{version}")
     group = body.string()
@@ -200,9 +222,15 @@ def _offset_commit(body: _Body, version: int) -> list:
         body.skip(8)  # retention
 
     def partition():
-        body.skip(4 + 8 + (4 if version >= 6 else 0))
+        index = body.fixed(">i")
+        body.skip(8 + (4 if version >= 6 else 0))
         body.string()  # metadata
-    return [("group", group, "Read")] + _topics(body, "Read", partition)
+        return index
+
+    def topic():
+        name = body.string()
+        return name, body.array(partition)
+    return group, body.array(topic)
 
 
 def _offset_fetch(body: _Body, version: int) -> list:

@@ -39,17 +39,19 @@ from tests.kafka_requests import (
     API_VERSIONS,
     FETCH,
     METADATA,
+    OFFSET_COMMIT,
     PRODUCE,
     SASL_AUTHENTICATE,
     SASL_HANDSHAKE,
     Unreadable,
     authorizations,
+    committed,
     written_or_read,
 )
 
 UNSUPPORTED_SASL_MECHANISM, SASL_AUTHENTICATION_FAILED = 33, 58
 UNKNOWN_TOPIC_OR_PARTITION, NOT_LEADER_OR_FOLLOWER, MESSAGE_TOO_LARGE = 3, 6, 10
-TOPIC_AUTHORIZATION_FAILED = 29
+TOPIC_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED = 29, 30
 SCRAM_ITERATIONS = 4096
 CERTIFICATE = "(client certificate)"  # the user of a connection on TLS alone
 
@@ -102,6 +104,11 @@ class SecureFront:
         self.refused_writes: list[tuple[str, tuple]] = []
         self.denied_reads: dict[str, set] = defaultdict(set)
         self.refused_reads: list[tuple[str, tuple]] = []
+        # User → consumer groups its OffsetCommit requests are refused
+        # (GROUP_AUTHORIZATION_FAILED, as without Read on the group); each refusal:
+        # (user, group).
+        self.denied_commits: dict[str, set] = defaultdict(set)
+        self.refused_commits: list[tuple[str, str]] = []
         # Topic → its max.message.bytes, which Tansu does not enforce: a Produce
         # writing a larger record set to it is refused (MESSAGE_TOO_LARGE), as a
         # broker refuses it. The largest record set written to each topic, and each
@@ -195,6 +202,13 @@ class SecureFront:
                     answers.put_nowait(_response(
                         correlation, _metadata_v5_answer(named, self.denied[user])))
                     continue
+                if api_key == OFFSET_COMMIT and self.denied_commits[user]:
+                    group, parts = committed(frame)
+                    if group in self.denied_commits[user]:
+                        self.refused_commits.append((user, group))
+                        answers.put_nowait(_response(
+                            correlation, _offset_commit_answer(version, parts)))
+                        continue
                 denied, refusals, answer = (
                     (self.denied_writes[user], self.refused_writes, _produce_answer)
                     if api_key == PRODUCE else
@@ -360,6 +374,18 @@ def _produce_answer(version: int, written: list, denied: set,
             if version >= 8:
                 answer += struct.pack(">i", 0) + _pack_nullable(None)
     return answer + struct.pack(">i", 0)  # throttle time
+
+
+def _offset_commit_answer(version: int, parts: list) -> bytes:
+    """An OffsetCommit v2-7 answer committing nothing: every partition refused
+    GROUP_AUTHORIZATION_FAILED."""
+    answer = struct.pack(">i", 0) if version >= 3 else b""  # throttle time
+    answer += struct.pack(">i", len(parts))
+    for name, partitions in parts:
+        answer += _pack_string(name) + struct.pack(">i", len(partitions))
+        for index in partitions:
+            answer += struct.pack(">ih", index, GROUP_AUTHORIZATION_FAILED)
+    return answer
 
 
 def _fetch_answer(version: int, read: list, denied: set) -> bytes:

@@ -268,24 +268,26 @@ def test_a_worker_without_its_acls_says_which_and_stops(cluster, tmp_path):
 
 @pytest.mark.parametrize(("operation", "refused"), [
     ("Write", "alerts"), ("Write", "admit"), ("Write", "deadletter"),
-    ("Write", "rule-state changelog"), ("Read", "settlements")])
+    ("Write", "rule-state changelog"), ("Read", "settlements"), ("Commit", "group")])
 def test_a_topic_refused_mid_run_stops_the_worker_and_loses_nothing(
         cluster, tmp_path, operation, refused):
     """An ACL taken away while a worker runs (the start-up check passed): the broker
-    refuses the worker's writes to, or reads from, one of its topics. The worker
-    must stop (exit code 70, to be restarted) naming the topic, before it commits
-    the records whose output was refused; once the ACL is back, its successor brings
-    out every alert (the store holding each once) and the dead letter, as a replay
-    of the same records does."""
+    refuses the worker's writes to, or reads from, one of its topics, or its
+    commits to its consumer group. The worker must stop (exit code 70, to be
+    restarted) naming the topic or the group, before it commits the records whose
+    output was refused (Faust crashed it with exit code 1 on the group's refusal);
+    once the ACL is back, its successor brings out every alert (the store holding
+    each once) and the dead letter, as a replay of the same records does."""
     from rules.core import DetectionCore, load_rules
     from streams.offline import OfflinePipeline
 
     _, front, base = cluster
     settings = _pipeline(base, tmp_path)
     topic = (settings.changelog_topic("rule-state") if refused.endswith("changelog")
-             else settings.topic(refused))
-    denied, refusals = ((front.denied_writes, front.refused_writes) if operation == "Write"
-                        else (front.denied_reads, front.refused_reads))
+             else settings.app_id if refused == "group" else settings.topic(refused))
+    denied, refusals = {"Write": (front.denied_writes, front.refused_writes),
+                        "Read": (front.denied_reads, front.refused_reads),
+                        "Commit": (front.denied_commits, front.refused_commits)}[operation]
     assert ensure_topics(settings.bootstrap_servers, settings)
     before, after = _unfiled_stays(5), _unfiled_stays(5, "H440100002") + [b"{not json"]
     log = tmp_path / "worker.log"
@@ -301,10 +303,12 @@ def test_a_topic_refused_mid_run_stops_the_worker_and_loses_nothing(
         stop_worker(worker)
     text = log.read_text(errors="replace")
     assert stopped and worker.returncode == 70, text[-3000:]
-    assert (USER, (topic,)) in refusals
-    failure = (f"did not take a message for {topic}" if operation == "Write"
-               else f"refused to let the worker read {topic}")
-    assert f"the cluster {failure} (TopicAuthorizationFailedError" in text, text[-3000:]
+    assert (USER, topic if operation == "Commit" else (topic,)) in refusals
+    failure = {"Write": f"did not take a message for {topic} (TopicAuthorization",
+               "Read": f"refused to let the worker read {topic} (TopicAuthorization",
+               "Commit": f"refused the worker's commit for group {topic} (GroupAuthorization"
+               }[operation]
+    assert f"the cluster {failure}FailedError" in text, text[-3000:]
     assert "grant the worker its ACLs (`fundwatch acls` prints them)" in text
 
     worker = start_worker(settings, tmp_path / "successor.log")
