@@ -14,13 +14,15 @@ issue 563).
 A delivery waits only in those three cases, all of which can be seen before it
 starts. :func:`deliverable` looks; when none holds, the record is delivered in place,
 and otherwise exactly as Faust does. Everything else in the loop is Faust's, line for
-line, but for a topic the worker is refused to read (see the loop). The version is
+line, but for a topic or group the worker is refused (see the loop). The version is
 pinned in ``pyproject.toml``: a new one must be read again.
 
-The consumer's commits are refused in the same way when the worker loses its
-group's ACL: Faust then crashes the worker, exit code 1, saying only "Got
-exception: GroupAuthorizationFailedError". :func:`patch` makes that stop say which
-group and what to grant, as a refused read or write does (``streams.app``).
+The consumer's heartbeats and commits are refused in the same way when the
+worker loses its group's ACL: Faust then crashes the worker, exit code 1, saying
+only "Drain messages raised: GroupAuthorizationFailedError" (a heartbeat's refusal
+comes out of the loop) or "Got exception: …" (a commit's). The loop and
+:func:`patch` make those stops say which group and what to grant, as a refused read
+or write does (``streams.app``).
 """
 from __future__ import annotations
 
@@ -182,6 +184,11 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - a worker
         from streams.app import stop_for_the_cluster
 
         stop_for_the_cluster(f"refused to let the worker read {exc.args[0]}", exc)
+    except GroupAuthorizationFailedError as exc:
+        # fundwatch: the same for the group (a heartbeat refused, raised here).
+        from streams.app import stop_for_the_cluster
+
+        stop_for_the_cluster(f"refused the worker its group {exc.args[0]}", exc)
     except Exception as exc:
         self.log.exception("Drain messages raised: %r", exc)  # noqa: TRY401 - Faust's
         raise

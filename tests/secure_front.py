@@ -38,6 +38,7 @@ from infra.broker import free_port
 from tests.kafka_requests import (
     API_VERSIONS,
     FETCH,
+    HEARTBEAT,
     METADATA,
     OFFSET_COMMIT,
     PRODUCE,
@@ -104,11 +105,13 @@ class SecureFront:
         self.refused_writes: list[tuple[str, tuple]] = []
         self.denied_reads: dict[str, set] = defaultdict(set)
         self.refused_reads: list[tuple[str, tuple]] = []
-        # User → consumer groups its OffsetCommit requests are refused
+        # User → consumer groups its OffsetCommit (Heartbeat) requests are refused
         # (GROUP_AUTHORIZATION_FAILED, as without Read on the group); each refusal:
         # (user, group).
         self.denied_commits: dict[str, set] = defaultdict(set)
         self.refused_commits: list[tuple[str, str]] = []
+        self.denied_heartbeats: dict[str, set] = defaultdict(set)
+        self.refused_heartbeats: list[tuple[str, str]] = []
         # Topic → its max.message.bytes, which Tansu does not enforce: a Produce
         # writing a larger record set to it is refused (MESSAGE_TOO_LARGE), as a
         # broker refuses it. The largest record set written to each topic, and each
@@ -176,7 +179,8 @@ class SecureFront:
         Metadata v5 request naming a topic ``denied`` to the user, a Produce
         request writing to a topic in ``denied_writes`` and a Fetch reading one in
         ``denied_reads`` are answered here, as an authorizer without that user's
-        ACL answers: TOPIC_AUTHORIZATION_FAILED for each denied topic; a Produce
+        ACL answers: TOPIC_AUTHORIZATION_FAILED for each denied topic, and an
+        OffsetCommit or a Heartbeat of a denied group GROUP_AUTHORIZATION_FAILED; a Produce
         writing a record set larger than a topic's ``max_message_bytes``, as a broker
         answers it: MESSAGE_TOO_LARGE. (A real broker would still serve the
         request's other topics; this front serves none of them and answers them
@@ -201,6 +205,13 @@ class SecureFront:
                     self.refused_metadata.append((user, tuple(named), bool(frame[-1])))
                     answers.put_nowait(_response(
                         correlation, _metadata_v5_answer(named, self.denied[user])))
+                    continue
+                if api_key == HEARTBEAT and 0 <= version <= 3 and \
+                        named[0] in self.denied_heartbeats[user]:
+                    self.refused_heartbeats.append((user, named[0]))
+                    answers.put_nowait(_response(correlation, (
+                        struct.pack(">i", 0) if version >= 1 else b"")  # throttle time
+                        + struct.pack(">h", GROUP_AUTHORIZATION_FAILED)))
                     continue
                 if api_key == OFFSET_COMMIT and self.denied_commits[user]:
                     group, parts = committed(frame)

@@ -268,7 +268,8 @@ def test_a_worker_without_its_acls_says_which_and_stops(cluster, tmp_path):
 
 @pytest.mark.parametrize(("operation", "refused"), [
     ("Write", "alerts"), ("Write", "admit"), ("Write", "deadletter"),
-    ("Write", "rule-state changelog"), ("Read", "settlements"), ("Commit", "group")])
+    ("Write", "rule-state changelog"), ("Read", "settlements"), ("Commit", "group"),
+    ("Heartbeat", "group")])
 def test_a_topic_refused_mid_run_stops_the_worker_and_loses_nothing(
         cluster, tmp_path, operation, refused):
     """An ACL taken away while a worker runs (the start-up check passed): the broker
@@ -287,7 +288,9 @@ def test_a_topic_refused_mid_run_stops_the_worker_and_loses_nothing(
              else settings.app_id if refused == "group" else settings.topic(refused))
     denied, refusals = {"Write": (front.denied_writes, front.refused_writes),
                         "Read": (front.denied_reads, front.refused_reads),
-                        "Commit": (front.denied_commits, front.refused_commits)}[operation]
+                        "Commit": (front.denied_commits, front.refused_commits),
+                        "Heartbeat": (front.denied_heartbeats, front.refused_heartbeats),
+                        }[operation]
     assert ensure_topics(settings.bootstrap_servers, settings)
     before, after = _unfiled_stays(5), _unfiled_stays(5, "H440100002") + [b"{not json"]
     log = tmp_path / "worker.log"
@@ -303,10 +306,11 @@ def test_a_topic_refused_mid_run_stops_the_worker_and_loses_nothing(
         stop_worker(worker)
     text = log.read_text(errors="replace")
     assert stopped and worker.returncode == 70, text[-3000:]
-    assert (USER, topic if operation == "Commit" else (topic,)) in refusals
+    assert (USER, topic if refused == "group" else (topic,)) in refusals
     failure = {"Write": f"did not take a message for {topic} (TopicAuthorization",
                "Read": f"refused to let the worker read {topic} (TopicAuthorization",
-               "Commit": f"refused the worker's commit for group {topic} (GroupAuthorization"
+               "Commit": f"refused the worker's commit for group {topic} (GroupAuthorization",
+               "Heartbeat": f"refused the worker its group {topic} (GroupAuthorization",
                }[operation]
     assert f"the cluster {failure}FailedError" in text, text[-3000:]
     assert "grant the worker its ACLs (`fundwatch acls` prints them)" in text
