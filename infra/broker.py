@@ -198,11 +198,11 @@ def ensure_topics(bootstrap: str, settings: Settings) -> list[str]:
         admin.close()
 
 
-TOPIC_AUTHORIZATION_FAILED = 29
+TOPIC_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED = 29, 30
 
 
 def check_access(settings: Settings, timeout_s: float = 15.0, topics: tuple = (),
-                 role: str = "worker") -> None:
+                 role: str = "worker", group: str | None = None) -> None:
     """Connect to each bootstrap server as every client of the worker will (TLS, SASL)
     and make one request; raise ``ConfigError`` naming the settings to check when the
     cluster refuses them: an untrusted broker certificate, a TLS handshake the
@@ -212,20 +212,24 @@ def check_access(settings: Settings, timeout_s: float = 15.0, topics: tuple = ()
     only "Unable to bootstrap". With ``topics``, a cluster whose authorizer does not
     let this user describe one of them is a configuration error too, naming them and
     the ``role`` whose ACLs ``fundwatch acls`` prints (an auditor would otherwise
-    hear that the topic does not exist: the metadata hides it). A server that is
-    down or slow is no configuration error: that is logged, and the worker goes on
-    as before."""
-    asyncio.run(_check_access(settings, timeout_s, list(topics), role))
+    hear that the topic does not exist: the metadata hides it). With ``group``, so is
+    a cluster that refuses this user the consumer group's coordinator: the worker's
+    consumer would wait for it for ever, saying nothing (seen: a worker with its
+    topics granted and its group forgotten sat idle, its log ending at "Subscribed
+    to topic(s)"). A server that is down or slow is no configuration error: that is
+    logged, and the worker goes on as before."""
+    asyncio.run(_check_access(settings, timeout_s, list(topics), role, group))
 
 
 async def _check_access(settings: Settings, timeout_s: float, topics: list[str],
-                        role: str) -> None:
+                        role: str, group: str | None = None) -> None:
     from aiokafka.conn import create_conn
     from aiokafka.errors import (
         KafkaConnectionError,
         SaslAuthenticationFailed,
         UnsupportedSaslMechanismError,
     )
+    from aiokafka.protocol.coordination import FindCoordinatorRequest
     from aiokafka.protocol.metadata import MetadataRequest
 
     options = kafka_client_options(settings)
@@ -242,6 +246,8 @@ async def _check_access(settings: Settings, timeout_s: float, topics: list[str],
                 # would make them without their partitions and retention).
                 answer = await asyncio.wait_for(conn.send(MetadataRequest(
                     topics, allow_auto_topic_creation=False)), timeout_s)
+                coordinator = None if group is None else await asyncio.wait_for(
+                    conn.send(FindCoordinatorRequest(group, 0)), timeout_s)
             finally:
                 conn.close()
         except SaslAuthenticationFailed as exc:
@@ -271,13 +277,18 @@ async def _check_access(settings: Settings, timeout_s: float, topics: list[str],
                         server, type(exc).__name__, exc)
         else:
             denied = [t[1] for t in answer.topics if t[0] == TOPIC_AUTHORIZATION_FAILED]
+            user = (repr(settings.sasl_username) if settings.sasl_mechanism
+                    else "this client certificate's user")
+            grant = f"grant it the {role}'s ACLs (`fundwatch acls` prints them)"
             if denied:
-                user = (repr(settings.sasl_username) if settings.sasl_mechanism
-                        else "this client certificate's user")
                 raise ConfigError(
                     f"the cluster at {server} does not let {user} describe "
-                    f"{', '.join(sorted(denied))} (TOPIC_AUTHORIZATION_FAILED): grant it the "
-                    f"{role}'s ACLs (`fundwatch acls` prints them)")
+                    f"{', '.join(sorted(denied))} (TOPIC_AUTHORIZATION_FAILED): {grant}")
+            if coordinator is not None and \
+                    coordinator.error_code == GROUP_AUTHORIZATION_FAILED:
+                raise ConfigError(
+                    f"the cluster at {server} does not let {user} use the consumer group "
+                    f"{group} (GROUP_AUTHORIZATION_FAILED): {grant}")
 
     # All at once: a cluster of three with one broker unreachable waits one timeout.
     await asyncio.gather(*(check(server.strip())
@@ -288,7 +299,7 @@ def prepare_cluster(settings: Settings) -> None:
     """On a configured cluster, check that it takes the security settings (else
     ``ConfigError``), then create fundwatch's topics if they are missing; where the
     account may not create topics, say so and go on (an operator made them)."""
-    check_access(settings, topics=tuple(settings.all_topics()))
+    check_access(settings, topics=tuple(settings.all_topics()), group=settings.app_id)
     try:
         created = ensure_topics(settings.bootstrap_servers, settings)
     except Exception as exc:  # noqa: BLE001 - permissions differ per cluster

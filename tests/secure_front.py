@@ -38,6 +38,7 @@ from infra.broker import free_port
 from tests.kafka_requests import (
     API_VERSIONS,
     FETCH,
+    FIND_COORDINATOR,
     HEARTBEAT,
     METADATA,
     OFFSET_COMMIT,
@@ -105,13 +106,13 @@ class SecureFront:
         self.refused_writes: list[tuple[str, tuple]] = []
         self.denied_reads: dict[str, set] = defaultdict(set)
         self.refused_reads: list[tuple[str, tuple]] = []
-        # User → consumer groups its OffsetCommit (Heartbeat) requests are refused
-        # (GROUP_AUTHORIZATION_FAILED, as without Read on the group); each refusal:
-        # (user, group).
-        self.denied_commits: dict[str, set] = defaultdict(set)
-        self.refused_commits: list[tuple[str, str]] = []
-        self.denied_heartbeats: dict[str, set] = defaultdict(set)
-        self.refused_heartbeats: list[tuple[str, str]] = []
+        # Per request (OffsetCommit, Heartbeat, FindCoordinator): user → consumer
+        # groups it is refused for (GROUP_AUTHORIZATION_FAILED, as without the ACL on
+        # the group); and each refusal: (user, group).
+        self.denied_groups: dict[int, dict[str, set]] = {
+            api: defaultdict(set) for api in _GROUP_ANSWERS}
+        self.refused_groups: dict[int, list[tuple[str, str]]] = {
+            api: [] for api in _GROUP_ANSWERS}
         # Topic → its max.message.bytes, which Tansu does not enforce: a Produce
         # writing a larger record set to it is refused (MESSAGE_TOO_LARGE), as a
         # broker refuses it. The largest record set written to each topic, and each
@@ -180,7 +181,8 @@ class SecureFront:
         request writing to a topic in ``denied_writes`` and a Fetch reading one in
         ``denied_reads`` are answered here, as an authorizer without that user's
         ACL answers: TOPIC_AUTHORIZATION_FAILED for each denied topic, and an
-        OffsetCommit or a Heartbeat of a denied group GROUP_AUTHORIZATION_FAILED; a Produce
+        OffsetCommit, a Heartbeat or a FindCoordinator of a group in
+        ``denied_groups`` GROUP_AUTHORIZATION_FAILED; a Produce
         writing a record set larger than a topic's ``max_message_bytes``, as a broker
         answers it: MESSAGE_TOO_LARGE. (A real broker would still serve the
         request's other topics; this front serves none of them and answers them
@@ -206,20 +208,12 @@ class SecureFront:
                     answers.put_nowait(_response(
                         correlation, _metadata_v5_answer(named, self.denied[user])))
                     continue
-                if api_key == HEARTBEAT and 0 <= version <= 3 and \
-                        named[0] in self.denied_heartbeats[user]:
-                    self.refused_heartbeats.append((user, named[0]))
-                    answers.put_nowait(_response(correlation, (
-                        struct.pack(">i", 0) if version >= 1 else b"")  # throttle time
-                        + struct.pack(">h", GROUP_AUTHORIZATION_FAILED)))
+                if api_key in _GROUP_ANSWERS and named and \
+                        named[0] in self.denied_groups[api_key][user]:
+                    self.refused_groups[api_key].append((user, named[0]))
+                    answers.put_nowait(_response(
+                        correlation, _GROUP_ANSWERS[api_key](version, frame)))
                     continue
-                if api_key == OFFSET_COMMIT and self.denied_commits[user]:
-                    group, parts = committed(frame)
-                    if group in self.denied_commits[user]:
-                        self.refused_commits.append((user, group))
-                        answers.put_nowait(_response(
-                            correlation, _offset_commit_answer(version, parts)))
-                        continue
                 denied, refusals, answer = (
                     (self.denied_writes[user], self.refused_writes, _produce_answer)
                     if api_key == PRODUCE else
@@ -387,9 +381,9 @@ def _produce_answer(version: int, written: list, denied: set,
     return answer + struct.pack(">i", 0)  # throttle time
 
 
-def _offset_commit_answer(version: int, parts: list) -> bytes:
-    """An OffsetCommit v2-7 answer committing nothing: every partition refused
-    GROUP_AUTHORIZATION_FAILED."""
+def _offset_commit_answer(version: int, frame: bytes) -> bytes:
+    """An OffsetCommit v2-7 answer committing nothing: every partition refused."""
+    _, parts = committed(frame)
     answer = struct.pack(">i", 0) if version >= 3 else b""  # throttle time
     answer += struct.pack(">i", len(parts))
     for name, partitions in parts:
@@ -397,6 +391,27 @@ def _offset_commit_answer(version: int, parts: list) -> bytes:
         for index in partitions:
             answer += struct.pack(">ih", index, GROUP_AUTHORIZATION_FAILED)
     return answer
+
+
+def _heartbeat_answer(version: int, frame: bytes) -> bytes:
+    """A Heartbeat v0-3 answer: refused."""
+    throttle = struct.pack(">i", 0) if version >= 1 else b""
+    return throttle + struct.pack(">h", GROUP_AUTHORIZATION_FAILED)
+
+
+def _find_coordinator_answer(version: int, frame: bytes) -> bytes:
+    """A FindCoordinator v0-2 answer: refused, no coordinator."""
+    if version == 0:
+        return struct.pack(">h", GROUP_AUTHORIZATION_FAILED) + struct.pack(
+            ">i", -1) + _pack_string("") + struct.pack(">i", -1)
+    return (struct.pack(">ih", 0, GROUP_AUTHORIZATION_FAILED) + _pack_nullable(None)
+            + struct.pack(">i", -1) + _pack_string("") + struct.pack(">i", -1))
+
+
+#: The group requests the front may refuse (all versions that fundwatch's clients
+#: send are non-flexible: OffsetCommit v2-7, Heartbeat v0-3, FindCoordinator v0-2).
+_GROUP_ANSWERS = {OFFSET_COMMIT: _offset_commit_answer, HEARTBEAT: _heartbeat_answer,
+                  FIND_COORDINATOR: _find_coordinator_answer}
 
 
 def _fetch_answer(version: int, read: list, denied: set) -> bytes:

@@ -35,6 +35,7 @@ from sinks.store import AlertStore
 from streams.live import produce, settings_env, start_worker, stop_worker
 from tests.factories import dumps, settlement
 from tests.live_support import GROUP_TIMEOUTS, run_through_worker, wait_until
+from tests.kafka_requests import FIND_COORDINATOR, HEARTBEAT, OFFSET_COMMIT
 from tests.secure_front import Certificates, SecureFront
 
 pytestmark = pytest.mark.broker
@@ -266,6 +267,24 @@ def test_a_worker_without_its_acls_says_which_and_stops(cluster, tmp_path):
     assert front.refused_metadata[-1] == (USER, tuple(settings.all_topics()), False)
 
 
+def test_a_worker_without_its_groups_acl_says_so_and_stops(cluster, tmp_path):
+    """The topics granted and the consumer group forgotten, a common slip: Kafka
+    refuses the group's coordinator to the worker (FindCoordinator needs Describe on
+    the group). The start-up check asks for it as the worker's consumer will, and
+    the worker stops at once with exit code 2, naming the group."""
+    _, front, base = cluster
+    settings = _pipeline(base, tmp_path)
+    front.denied_groups[FIND_COORDINATOR][USER] = {settings.app_id}
+    try:
+        text = _a_worker_that_stops(settings, tmp_path, "is refused its group")
+    finally:
+        front.denied_groups[FIND_COORDINATOR].pop(USER)
+    assert (f"configuration error: the cluster at {settings.bootstrap_servers} does not let "
+            f"'{USER}' use the consumer group {settings.app_id} (GROUP_AUTHORIZATION_FAILED): "
+            "grant it the worker's ACLs (`fundwatch acls` prints them)") in text, text[-3000:]
+    assert front.refused_groups[FIND_COORDINATOR] == [(USER, settings.app_id)]
+
+
 @pytest.mark.parametrize(("operation", "refused"), [
     ("Write", "alerts"), ("Write", "admit"), ("Write", "deadletter"),
     ("Write", "rule-state changelog"), ("Read", "settlements"), ("Commit", "group"),
@@ -288,9 +307,10 @@ def test_a_topic_refused_mid_run_stops_the_worker_and_loses_nothing(
              else settings.app_id if refused == "group" else settings.topic(refused))
     denied, refusals = {"Write": (front.denied_writes, front.refused_writes),
                         "Read": (front.denied_reads, front.refused_reads),
-                        "Commit": (front.denied_commits, front.refused_commits),
-                        "Heartbeat": (front.denied_heartbeats, front.refused_heartbeats),
-                        }[operation]
+                        "Commit": (front.denied_groups[OFFSET_COMMIT],
+                                   front.refused_groups[OFFSET_COMMIT]),
+                        "Heartbeat": (front.denied_groups[HEARTBEAT],
+                                      front.refused_groups[HEARTBEAT])}[operation]
     assert ensure_topics(settings.bootstrap_servers, settings)
     before, after = _unfiled_stays(5), _unfiled_stays(5, "H440100002") + [b"{not json"]
     log = tmp_path / "worker.log"
