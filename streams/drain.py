@@ -74,7 +74,7 @@ def deliverable(consumer, message) -> bool:
 
 def patch() -> None:
     """Make Faust's consumers deliver in place what :func:`deliverable` allows, and
-    stop with the cluster's reason when their group refuses a commit."""
+    stop with the cluster's reason when it refuses them their group's commit."""
     from faust.transport import consumer as faust_consumer
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
@@ -86,12 +86,12 @@ def patch() -> None:
     crash = AIOKafkaConsumerThread.crash
 
     async def crash_unless_refused(self, reason: BaseException) -> None:
-        # Faust's commit catches every error and crashes the consumer thread with it.
+        # Faust's commit catches every error and crashes the consumer thread with it
+        # (aiokafka logged "OffsetCommit failed for group …" just before).
         if isinstance(reason, GroupAuthorizationFailedError):
             from streams.app import stop_for_the_cluster
 
-            stop_for_the_cluster(f"refused the worker's commit for group {reason.args[0]}",
-                                 reason)
+            stop_for_the_cluster(f"refused the worker its group {reason.args[0]}", reason)
         await crash(self, reason)
 
     AIOKafkaConsumerThread.crash = crash_unless_refused

@@ -34,8 +34,8 @@ from rules.alerts import SHANGHAI
 from sinks.store import AlertStore
 from streams.live import produce, settings_env, start_worker, stop_worker
 from tests.factories import dumps, settlement
-from tests.live_support import GROUP_TIMEOUTS, run_through_worker, wait_until
 from tests.kafka_requests import FIND_COORDINATOR, HEARTBEAT, OFFSET_COMMIT
+from tests.live_support import GROUP_TIMEOUTS, run_through_worker, wait_until
 from tests.secure_front import Certificates, SecureFront
 
 pytestmark = pytest.mark.broker
@@ -329,7 +329,7 @@ def test_a_topic_refused_mid_run_stops_the_worker_and_loses_nothing(
     assert (USER, topic if refused == "group" else (topic,)) in refusals
     failure = {"Write": f"did not take a message for {topic} (TopicAuthorization",
                "Read": f"refused to let the worker read {topic} (TopicAuthorization",
-               "Commit": f"refused the worker's commit for group {topic} (GroupAuthorization",
+               "Commit": f"refused the worker its group {topic} (GroupAuthorization",
                "Heartbeat": f"refused the worker its group {topic} (GroupAuthorization",
                }[operation]
     assert f"the cluster {failure}FailedError" in text, text[-3000:]
