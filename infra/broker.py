@@ -213,10 +213,10 @@ def check_access(settings: Settings, timeout_s: float = 15.0, topics: tuple = ()
     let this user describe one of them is a configuration error too, naming them and
     the ``role`` whose ACLs ``fundwatch acls`` prints (an auditor would otherwise
     hear that the topic does not exist: the metadata hides it). With ``group``, so is
-    a cluster that refuses this user the consumer group's coordinator: the worker's
-    consumer would wait for it for ever, saying nothing (seen: a worker with its
-    topics granted and its group forgotten sat idle, its log ending at "Subscribed
-    to topic(s)"). A server that is down or slow is no configuration error: that is
+    a cluster that refuses this user the consumer group's coordinator: without it
+    the worker's consumer gets no partitions and says nothing (seen: a worker with
+    its topics granted and its group forgotten sat idle, its log ending at
+    "Subscribed to topic(s)", still running 30 s later). A server that is down or slow is no configuration error: that is
     logged, and the worker goes on as before."""
     asyncio.run(_check_access(settings, timeout_s, list(topics), role, group))
 
