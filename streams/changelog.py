@@ -92,17 +92,26 @@ def owner_of(key: str) -> str | None:
     return key.split("/", 2)[2]
 
 
+def _manifest(raw: bytes | None) -> dict | None:
+    """The manifest a held value is, or None for a value held whole (or none)."""
+    return orjson.loads(raw) if raw is not None and raw.startswith(_MANIFEST) else None
+
+
+def _named(key: str, manifest: dict) -> list[str]:
+    """The keys of the pieces ``manifest`` names, in order."""
+    return [piece_key(key, manifest["generation"], n) for n in range(manifest["~pieces"])]
+
+
 def joined(key: str, raw: bytes | None, lookup: Callable[[str], bytes | None]) -> bytes | None:
     """A value's JSON: ``raw`` itself, or the pieces its manifest names, joined."""
-    if raw is None or not raw.startswith(_MANIFEST):
+    manifest = _manifest(raw)
+    if manifest is None:
         return raw
-    manifest = orjson.loads(raw)
-    generation, count = manifest["generation"], manifest["~pieces"]
-    pieces = [lookup(piece_key(key, generation, i)) for i in range(count)]
+    pieces = [lookup(piece) for piece in _named(key, manifest)]
     if any(piece is None for piece in pieces) or sum(map(len, pieces)) != manifest["bytes"]:
-        raise StateCorrupt(f"{key!r}: the table does not hold the {count} pieces of "
-                           f"generation {generation} ({manifest['bytes']} bytes) its "
-                           "manifest names")
+        raise StateCorrupt(f"{key!r}: the table does not hold the {manifest['~pieces']} "
+                           f"pieces of generation {manifest['generation']} "
+                           f"({manifest['bytes']} bytes) its manifest names")
     return b"".join(pieces)
 
 
@@ -180,8 +189,7 @@ class EncodedValues(MutableMapping):
     def entries(self, key: str, value: Any) -> list[tuple[str, bytes | None]]:
         """What writing ``value`` (None: deleting) under ``key`` puts in the store,
         in the order the changelog must take it (None: a tombstone)."""
-        held = self.store.get(key)
-        old = orjson.loads(held) if held is not None and held.startswith(_MANIFEST) else None
+        old = _manifest(self.store.get(key))
         out: list[tuple[str, bytes | None]] = []
         if value is None:
             out.append((key, None))
@@ -196,8 +204,7 @@ class EncodedValues(MutableMapping):
                                         "bytes": len(encoded)})
             out.append((key, encoded))
         if old:
-            out += [(piece_key(key, old["generation"], n), None)
-                    for n in range(old["~pieces"])]
+            out += [(piece, None) for piece in _named(key, old)]
         return out
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -220,11 +227,8 @@ class EncodedValues(MutableMapping):
         """
         named = set()
         for key in self:
-            held = self.store.get(key)
-            if held is not None and held.startswith(_MANIFEST):
-                manifest = orjson.loads(held)
-                named.update(piece_key(key, manifest["generation"], n)
-                             for n in range(manifest["~pieces"]))
+            if (manifest := _manifest(self.store.get(key))) is not None:
+                named.update(_named(key, manifest))
         return sorted(key for key in self.store
                       if key.startswith(PIECE_PREFIX) and key not in named)
 

@@ -89,12 +89,21 @@ def patch() -> None:
         # Faust's commit catches every error and crashes the consumer thread with it
         # (aiokafka logged "OffsetCommit failed for group …" just before).
         if isinstance(reason, GroupAuthorizationFailedError):
-            from streams.app import stop_for_the_cluster
-
-            stop_for_the_cluster(f"refused the worker its group {reason.args[0]}", reason)
+            _stop_refused(reason)
         await crash(self, reason)
 
     AIOKafkaConsumerThread.crash = crash_unless_refused
+
+
+def _stop_refused(exc: TopicAuthorizationFailedError | GroupAuthorizationFailedError) -> None:
+    """Stop the worker for a topic it may no longer read or a group it may no longer
+    use (``streams.app.stop_for_the_cluster``)."""
+    from streams.app import stop_for_the_cluster
+
+    if isinstance(exc, TopicAuthorizationFailedError):
+        stop_for_the_cluster(f"refused to let the worker read {exc.args[0]}", exc)
+    else:
+        stop_for_the_cluster(f"refused the worker its group {exc.args[0]}", exc)
 
 
 async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - a worker runs it
@@ -176,19 +185,12 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - a worker
             self.log.info("Consumer shutting down for user cancel.")
             return
         raise
-    except TopicAuthorizationFailedError as exc:
-        # fundwatch: a topic the worker may no longer read (an ACL taken away while
-        # it ran). Faust would crash the app, exit code 1, saying only "Drain
-        # messages raised"; this says which topic and what to grant, as a refused
-        # write does.
-        from streams.app import stop_for_the_cluster
-
-        stop_for_the_cluster(f"refused to let the worker read {exc.args[0]}", exc)
-    except GroupAuthorizationFailedError as exc:
-        # fundwatch: the same for the group (a heartbeat refused, raised here).
-        from streams.app import stop_for_the_cluster
-
-        stop_for_the_cluster(f"refused the worker its group {exc.args[0]}", exc)
+    except (TopicAuthorizationFailedError, GroupAuthorizationFailedError) as exc:
+        # fundwatch: a topic the worker may no longer read, or its group (a heartbeat
+        # refused): an ACL taken away while it ran. Faust would crash the app, exit
+        # code 1, saying only "Drain messages raised"; this says which topic or group
+        # and what to grant, as a refused write does.
+        _stop_refused(exc)
     except Exception as exc:
         self.log.exception("Drain messages raised: %r", exc)  # noqa: TRY401 - Faust's
         raise
