@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta
 import orjson
 import pytest
 
+from rules import detail
 from rules.alerts import SHANGHAI
 from rules.builtin._stays import KEEP_DAYS
 from rules.builtin.overlapping_stay import OverlappingStay
@@ -392,8 +393,10 @@ def test_a_reversal_older_than_the_kept_details_is_taken_out_on_its_own_day():
     undo = reversal_of(original, settlement_id="X1-R",
                        settled_at=(START + timedelta(days=12, hours=9)).isoformat())
     rule = PharmacyChainAnomaly()
-    state, _ = run_rule(rule, [original, undo])
-    buckets = [day[GD[0]] for day in state["days"].values()]
-    assert [sum(b[i] for b in buckets) for i in (0, 1, 3)] == [0, 0, 0]  # count, fen, yuan²
+    # Closed after day 12, before its days are folded away: both lines are held.
+    state, _ = run_rule(rule, [original, undo], until=START + timedelta(days=13))
+    lines = [detail.get(day, GD[0]) for day in state["days"].values()]
+    assert [line[0] for line in lines] == [1, -1]
+    assert [sum(b[i] for b in lines) for i in (0, 1, 3)] == [0, 0, 0]  # count, fen, yuan²
     # ... once: the reversal re-delivered changes nothing.
     assert rule.apply(state, parse(dumps(undo))) == (state, [])

@@ -57,7 +57,9 @@ How it is measured (event time, Asia/Shanghai calendar days):
 
 State is bounded: day aggregates for the 35 days the next window and its baseline
 cover, ids and persons for the last 14 days (the current window, and how far back
-a reversal's original is looked for).
+a reversal's original is looked for). A day's ids are kept in buckets
+(``rules.detail``): a settlement costs about the same at a hospital treating
+thousands from other provinces a day as at a small one.
 
 >>> from datetime import datetime, timedelta
 >>> from types import SimpleNamespace as E
@@ -88,6 +90,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from fractions import Fraction
 
+from rules import detail
 from rules.alerts import SHANGHAI, day_start, days_window, iso, make_alert, shanghai_day  # noqa: F401 (the examples)
 from rules.core import Param, Rule, RuleConfigError
 from streams.records import fen_to_yuan_str
@@ -156,6 +159,7 @@ class CrossProvinceSurge(Rule):
         moved = not st or first.isoformat() != st["first"]
         if not moved and not event.is_cross_province:
             return state, []  # the hot path: a local settlement of a known institution
+        st = _in_buckets(st)
         new = {**st, "inst": event.institution_id,
                "region": st.get("region", event.treatment_region), "first": first.isoformat()}
         days = dict(st.get("days", {}))
@@ -174,7 +178,7 @@ class CrossProvinceSurge(Rule):
         done = date.fromisoformat(state["done"]) if "done" in state else None
         if (done or date.fromisoformat(state["first"]) - timedelta(days=1)) >= last:
             return state, []
-        new = dict(state)
+        new = dict(_in_buckets(state))
         days, details = new.get("days", {}), new.get("det", {})
         alerts: dict[str, dict] = {}
         end = done + timedelta(days=1) if done else date.fromisoformat(new["first"])
@@ -198,9 +202,8 @@ class CrossProvinceSurge(Rule):
         already counted. Replaces, never mutates, the nested values of the old state."""
         sid = event.settlement_id
         key = day.isoformat()
-        for entry in details.values():
-            if sid in entry["ids"] or sid in entry["x"]:
-                return False  # re-delivered: already counted
+        if detail.held(details, sid):
+            return False  # re-delivered: already counted
         row = [event.total_cost_fen, event.fund_paid_fen, event.person_id,
                event.insured_region]
         if event.reverses:
@@ -214,10 +217,10 @@ class CrossProvinceSurge(Rule):
                     continue
                 if original in entry["x"]:
                     return False  # this reversal was already applied
-                if original in entry["ids"]:
-                    t, f, _, region = entry["ids"][original]
-                    details[dkey] = {"ids": {k: v for k, v in entry["ids"].items()
-                                             if k != original},
+                held = detail.get(entry["ids"], original)
+                if held is not None:
+                    t, f, _, region = held
+                    details[dkey] = {"ids": detail.put(entry["ids"], original, None),
                                      "x": [*entry["x"], original]}
                     days[dkey] = _add(days.get(dkey), region, -1, -t, -f)
                     return True
@@ -228,7 +231,7 @@ class CrossProvinceSurge(Rule):
             days[key] = _add(days.get(key), event.insured_region, 1, event.total_cost_fen,
                              event.fund_paid_fen)
         entry = details.get(key, {"ids": {}, "x": []})
-        details[key] = {"ids": {**entry["ids"], sid: row}, "x": entry["x"]}
+        details[key] = {"ids": detail.put(entry["ids"], sid, row), "x": entry["x"]}
         return True
 
     # ------------------------------------------------------------------ judging
@@ -343,7 +346,7 @@ class CrossProvinceSurge(Rule):
         rows = []
         for i in range(WINDOW_DAYS):
             entry = f["details"].get((end - timedelta(days=i)).isoformat())
-            for sid, row in (entry["ids"].items() if entry else ()):
+            for sid, row in (detail.items(entry["ids"]) if entry else ()):
                 amount = row[m]
                 if amount > 0:
                     rows.append((-amount, sid))
@@ -410,3 +413,11 @@ def _add(bucket: dict | None, region: str, n: int, total: int, fund: int) -> dic
     rn, rt, rf = bucket["r"].get(region, [0, 0, 0])
     return {"n": bucket["n"] + n, "a": [bucket["a"][0] + total, bucket["a"][1] + fund],
             "r": {**bucket["r"], region: [rn + n, rt + total, rf + fund]}}
+
+
+def _in_buckets(state: dict) -> dict:
+    """The state with its days' settlements in buckets (``rules.detail``): a state
+    written before them (no ``layout``) is moved over whole, once."""
+    if state.get("layout") == 2:
+        return state
+    return {**state, "layout": 2, "det": detail.settlements_in_buckets(state.get("det", {}))}

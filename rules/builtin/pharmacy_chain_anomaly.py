@@ -50,7 +50,8 @@ oldest first. Only complete days decide.
 
 State is bounded: day aggregates per branch for the days the next current window and
 its baseline need (at most 49), settlements for 9 days, the branch list (the chain's
-size).
+size). A day's branches and settlements are kept in buckets (``rules.detail``): a
+settlement costs about the same on a large chain's busiest day as on a small one's.
 
 >>> from datetime import datetime, timedelta
 >>> from types import SimpleNamespace as E
@@ -89,6 +90,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from fractions import Fraction
 
+from rules import detail
 from rules.alerts import SHANGHAI, day_start, days_window, iso, make_alert, shanghai_day
 from rules.core import Param, Rule
 from streams.records import fen_to_yuan_str
@@ -170,31 +172,30 @@ class PharmacyChainAnomaly(Rule):
         """Add a chain pharmacy's settlement to its day; judging waits for ``close``."""
         if not self.wants(event):
             return state, []
-        st = state or {}
+        st = _in_buckets(state or {})
         day = shanghai_day(event.settled_at)
         done = date.fromisoformat(st["done"]) if "done" in st else None
         if done is not None and day < done - timedelta(days=KEPT_BEHIND - 2):
             return state, []  # too late for any window still to be judged
         sid = event.settlement_id
         det = st.get("det", {})
-        for entry in det.values():
-            if sid in entry["ids"] or sid in entry["x"]:
-                return state, []  # re-delivered
+        if detail.held(det, sid):
+            return state, []  # re-delivered
         key = day.isoformat()
         days, det = dict(st.get("days", {})), dict(det)
         inst = event.institution_id
         if not (event.reverses and self._take_back(days, det, event.reverses, day)):
-            bucket = days.get(key, {})
-            n, fund, top, sq = bucket.get(inst, [0, 0, [], 0])
+            n, fund, top, sq = detail.get(days.get(key), inst) or [0, 0, [], 0]
             if event.fund_paid_fen > 0:
                 top = sorted([*top, event.fund_paid_fen], reverse=True)[:MAX_TRIM]
             sign = -1 if event.reverses else 1  # an old original: taken out on this day
-            days[key] = {**bucket, inst: [n + sign, fund + event.fund_paid_fen, top,
-                                          sq + sign * _square(event.fund_paid_fen)]}
+            days[key] = detail.put(days.get(key), inst, [
+                n + sign, fund + event.fund_paid_fen, top,
+                sq + sign * _square(event.fund_paid_fen)])
         entry = det.get(key, {"ids": {}, "x": []})
-        det[key] = {"ids": {**entry["ids"], sid: [
+        det[key] = {"ids": detail.put(entry["ids"], sid, [
             inst, event.person_id, event.fund_paid_fen,
-            int(event.settled_at.timestamp()), event.insured_region]}, "x": entry["x"]}
+            int(event.settled_at.timestamp()), event.insured_region]), "x": entry["x"]}
         branches = st.get("branches", {})
         if inst not in branches or branches[inst][1] > key:
             branches = {**branches, inst: [event.treatment_region, min(
@@ -208,16 +209,18 @@ class PharmacyChainAnomaly(Rule):
         """Take a reversed settlement out of its day if it is still held in detail."""
         oldest = (day - timedelta(days=DETAIL_DAYS - 1)).isoformat()
         for dkey, entry in det.items():
-            if dkey < oldest or dkey > day.isoformat() or original not in entry["ids"]:
+            row = (detail.get(entry["ids"], original)
+                   if oldest <= dkey <= day.isoformat() else None)
+            if row is None:
                 continue
-            inst, _, fund, _, _ = entry["ids"][original]
-            det[dkey] = {"ids": {k: v for k, v in entry["ids"].items() if k != original},
+            inst, _, fund, _, _ = row
+            det[dkey] = {"ids": detail.put(entry["ids"], original, None),
                          "x": [*entry["x"], original]}
-            bucket = days.get(dkey, {})
-            n, total, top, sq = bucket.get(inst, [0, 0, [], 0])
+            n, total, top, sq = detail.get(days.get(dkey), inst) or [0, 0, [], 0]
             if fund in top:  # the next largest of the day is not known: left out
                 top = [*top[:top.index(fund)], *top[top.index(fund) + 1:]]
-            days[dkey] = {**bucket, inst: [n - 1, total - fund, top, sq - _square(fund)]}
+            days[dkey] = detail.put(days.get(dkey), inst,
+                                    [n - 1, total - fund, top, sq - _square(fund)])
             return True
         return False
 
@@ -229,7 +232,7 @@ class PharmacyChainAnomaly(Rule):
         done = date.fromisoformat(state["done"]) if "done" in state else None
         if (done or date.fromisoformat(state["first"]) - timedelta(days=1)) >= last:
             return state, []
-        new = dict(state)
+        new = dict(_in_buckets(state))
         alerts: dict[str, dict] = {}
         end = done + timedelta(days=1) if done else date.fromisoformat(new["first"])
         while end <= last:
@@ -268,8 +271,8 @@ class PharmacyChainAnomaly(Rule):
         def window(last: date) -> dict[str, list]:
             acc: dict[str, list] = {}
             for i in range(WINDOW_DAYS):
-                for inst, (n, fund, top, sq) in days.get(
-                        (last - timedelta(days=i)).isoformat(), {}).items():
+                for inst, (n, fund, top, sq) in detail.items(
+                        days.get((last - timedelta(days=i)).isoformat())):
                     a = acc.setdefault(inst, [0, 0, [], 0])
                     a[0] += n
                     a[1] += fund
@@ -362,7 +365,7 @@ class PharmacyChainAnomaly(Rule):
         for dkey, entry in st.get("det", {}).items():
             if not lo <= dkey <= end.isoformat():
                 continue
-            for sid, row in entry["ids"].items():
+            for sid, row in detail.items(entry["ids"]):
                 if row[2] > 0:  # a reversal's own negative line is no sale
                     by_person.setdefault(row[1], []).append((row[3], sid, row, dkey))
         start = first.isoformat()
@@ -472,7 +475,7 @@ class PharmacyChainAnomaly(Rule):
         first_day = end - timedelta(days=WINDOW_DAYS - 1)
         for dkey, entry in st.get("det", {}).items() if f["jump"] else ():
             if first_day.isoformat() <= dkey <= end.isoformat():
-                rows += [(-row[2], sid) for sid, row in entry["ids"].items()
+                rows += [(-row[2], sid) for sid, row in detail.items(entry["ids"])
                          if branches.get(row[0]) in driving and row[2] > 0]
         ids += [sid for _, sid in sorted(rows)]
         ids = list(dict.fromkeys(ids))[:TOP_SETTLEMENTS]
@@ -527,3 +530,13 @@ class PharmacyChainAnomaly(Rule):
                      + "; ".join(what) + " — joint review (虚开药品发票?)"),
             evidence=evidence, settlement_ids=ids,
             review="joint" if len(regions) > 1 else "single", duties=duties)
+
+
+def _in_buckets(state: dict) -> dict:
+    """The state with its days' branches and settlements in buckets (``rules.detail``):
+    a state written before them (no ``layout``) is moved over whole, once."""
+    if state.get("layout") == 2:
+        return state
+    return {**state, "layout": 2,
+            "days": {d: detail.bucketed(v) for d, v in state.get("days", {}).items()},
+            "det": detail.settlements_in_buckets(state.get("det", {}))}
