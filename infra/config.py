@@ -115,6 +115,12 @@ class Settings:
     # (streams.changelog). Keep it below the changelog topics' max.message.bytes
     # (a broker's default: 1,048,588 bytes, the batch's overhead included).
     state_piece_bytes: int = 512 * 1024
+    # How much of the values written in pieces (JSON bytes) a worker keeps decoded
+    # between batches, the most recently used first: a large chain's state is read
+    # by batch after batch, and decoding it each time cost more than the rules'
+    # work on the batch (bench/hot_key.py). About four times as much memory as
+    # JSON; 0 keeps none.
+    state_kept_bytes: int = 32 * 1024 * 1024
     # How the worker compresses what it writes to Kafka: the internal hops (each
     # record's raw and canonical form, the canonical once per detect partition it
     # goes to), the changelogs, alerts and scores: 4.1 KB per 557-byte settlement
@@ -263,8 +269,9 @@ class Settings:
 
 _INTS = {"partitions", "replication_factor", "allowed_lateness_s", "fetch_max_wait_ms",
          "fetch_quiet_wait_ms", "standby_replicas", "ledger_retention_days",
-         "state_piece_bytes"}
-_MAY_BE_ZERO = {"standby_replicas", "ledger_retention_days", "fetch_quiet_wait_ms"}
+         "state_piece_bytes", "state_kept_bytes"}
+_MAY_BE_ZERO = {"standby_replicas", "ledger_retention_days", "fetch_quiet_wait_ms",
+                "state_kept_bytes"}
 # A piece of a few bytes would make a chain's state thousands of messages.
 _AT_LEAST = {"state_piece_bytes": 1024}
 _CHOICES = {"table_store": ("memory", "rocksdb"),

@@ -219,7 +219,8 @@ def build_app(settings: Settings, core: DetectionCore | None = None,
     # "<rule_id>|<key>" → the rule's JSON state
     rule_state = app.Table("rule-state", default=None, partitions=P, value_type=bytes,
                            **tables.large_table_options(settings, "rule-state"))
-    ledger_values, rule_values = (EncodedValues(table, piece_bytes=settings.state_piece_bytes)
+    ledger_values, rule_values = (EncodedValues(table, piece_bytes=settings.state_piece_bytes,
+                                                keep_bytes=settings.state_kept_bytes)
                                   for table in (ledger, rule_state))
     # Event-time progress (streams.watermark). Ingest, this process: per source
     # channel ("topic/partition") the newest event time and the last offset it

@@ -45,11 +45,19 @@ manifest (the write itself), then tombstones for the previous generation's piece
 A crash before the manifest leaves pieces no manifest names (the write is re-done
 under the same generation, over them); one after it leaves the old pieces, which
 only take room. Readers of the topic join the pieces as the worker does
-(``streams.live.read_table``).
+(``streams.live.read_table``). A manifest carries the value's CRC-32: a read checks
+the joined pieces against it.
+
+The values in pieces are also the ones read by batch after batch (a large chain's
+state, by every batch with a sale of the chain), so :class:`EncodedValues` keeps
+them decoded, up to ``FUNDWATCH_STATE_KEPT_BYTES`` of JSON, as long as the table
+holds the manifest they were read or written under.
 """
 from __future__ import annotations
 
 import contextlib
+import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -68,6 +76,12 @@ PIECE_BYTES = 512 * 1024
 #: the ids in the records.
 PIECE_PREFIX = "~piece/"
 _MANIFEST = b'{"~pieces":'
+#: How much of the values held in pieces (their JSON bytes) a table keeps decoded
+#: between batches, the most recently used first. Such a value is a chain's or a
+#: province's state, read by every batch that has a record of it: decoding it
+#: again each time cost 176 ms a batch for a chain of 16,000 sales a day (8 MB of
+#: JSON), three times what encoding it costs (``python bench/hot_key.py``).
+KEEP_DECODED_BYTES = 32 * 1024 * 1024
 
 
 class StateCorrupt(RuntimeError):
@@ -103,7 +117,8 @@ def _named(key: str, manifest: dict) -> list[str]:
 
 
 def joined(key: str, raw: bytes | None, lookup: Callable[[str], bytes | None]) -> bytes | None:
-    """A value's JSON: ``raw`` itself, or the pieces its manifest names, joined."""
+    """A value's JSON: ``raw`` itself, or the pieces its manifest names, joined (and
+    checked against the manifest's CRC-32, which manifests before it lack)."""
     manifest = _manifest(raw)
     if manifest is None:
         return raw
@@ -112,7 +127,12 @@ def joined(key: str, raw: bytes | None, lookup: Callable[[str], bytes | None]) -
         raise StateCorrupt(f"{key!r}: the table does not hold the {manifest['~pieces']} "
                            f"pieces of generation {manifest['generation']} "
                            f"({manifest['bytes']} bytes) its manifest names")
-    return b"".join(pieces)
+    value = b"".join(pieces)
+    if "crc" in manifest and zlib.crc32(value) != manifest["crc"]:
+        raise StateCorrupt(f"{key!r}: the {manifest['~pieces']} pieces of generation "
+                           f"{manifest['generation']} are not the value its manifest names "
+                           "(CRC-32 differs)")
+    return value
 
 
 def encode_value(value: Any) -> bytes:
@@ -143,6 +163,13 @@ class EncodedValues(MutableMapping):
     longer than ``piece_bytes`` is kept in pieces (see the module doc); None keeps
     every value whole.
 
+    Values in pieces are the few large ones, read by batch after batch: up to
+    ``keep_bytes`` of them (JSON) are also kept decoded, as last written or read,
+    and handed out again while the table holds the same manifest. Values are
+    replaced, never mutated (``rules.core``), so the object kept is the value; the
+    manifest's generation and CRC-32 tell a value written since apart, by this
+    worker or, over a rebalance, by another.
+
     >>> values = EncodedValues({})
     >>> values["s:S1"] = {"d": "ab12", "ap": [0, 7]}
     >>> values.store["s:S1"], values["s:S1"]["ap"], values.get("s:S2")
@@ -155,36 +182,64 @@ class EncodedValues(MutableMapping):
     >>> sorted(values.store)
     ['chain|PCH9', '~piece/1.0/chain|PCH9', '~piece/1.1/chain|PCH9']
     >>> values.store["chain|PCH9"]
-    b'{"~pieces":2,"generation":1,"bytes":30}'
+    b'{"~pieces":2,"generation":1,"bytes":30,"crc":3757706900}'
     >>> values["chain|PCH9"]["sold"][-1], list(values), len(values)
     (9, ['chain|PCH9'], 1)
+    >>> values["chain|PCH9"] is values["chain|PCH9"]    # kept decoded
+    True
     >>> [(key, value and len(value)) for key, value in
     ...  values.entries("chain|PCH9", {"sold": list(range(12))})]    # doctest: +NORMALIZE_WHITESPACE
     [('~piece/2.0/chain|PCH9', 16), ('~piece/2.1/chain|PCH9', 16), ('~piece/2.2/chain|PCH9', 4),
-     ('chain|PCH9', 39), ('~piece/1.0/chain|PCH9', None), ('~piece/1.1/chain|PCH9', None)]
+     ('chain|PCH9', 56), ('~piece/1.0/chain|PCH9', None), ('~piece/1.1/chain|PCH9', None)]
     >>> del values["chain|PCH9"]
     >>> values.store
     {}
     """
 
     def __init__(self, store: MutableMapping[str, bytes],
-                 piece_bytes: int | None = PIECE_BYTES) -> None:
+                 piece_bytes: int | None = PIECE_BYTES,
+                 keep_bytes: int = KEEP_DECODED_BYTES) -> None:
         self.store = store
         self.piece_bytes = piece_bytes
+        self.keep_bytes = keep_bytes
+        # key → (its manifest, the value decoded, its JSON length), least recent first
+        self._kept: OrderedDict[str, tuple[bytes, Any, int]] = OrderedDict()
+        self._kept_bytes = 0
 
     def raw(self, key: str) -> bytes | None:
         """A value's JSON bytes (its pieces joined), None for a key not held."""
         return joined(key, self.store.get(key), self.store.get)
 
     def __getitem__(self, key: str) -> Any:
-        raw = self.raw(key)
-        if raw is None:  # also a Faust table's default for a missing key
+        value = self.get(key)
+        if value is None:  # also a Faust table's default for a missing key
             raise KeyError(key)
-        return orjson.loads(raw)
+        return value
 
     def get(self, key: str, default: Any = None) -> Any:
-        raw = self.raw(key)
-        return default if raw is None else orjson.loads(raw)
+        head = self.store.get(key)
+        if head is None:
+            return default
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] == head:
+            self._kept.move_to_end(key)
+            return kept[1]
+        raw = joined(key, head, self.store.get)
+        value = orjson.loads(raw)
+        if raw is not head:  # in pieces
+            self._keep(key, head, value, len(raw))
+        return value
+
+    def _keep(self, key: str, manifest: bytes | None, value: Any, size: int) -> None:
+        """Keep ``value`` decoded under its manifest (None: forget the key's)."""
+        if (old := self._kept.pop(key, None)) is not None:
+            self._kept_bytes -= old[2]
+        if manifest is None or size > self.keep_bytes:
+            return
+        self._kept[key] = (manifest, value, size)
+        self._kept_bytes += size
+        while self._kept_bytes > self.keep_bytes:
+            self._kept_bytes -= self._kept.popitem(last=False)[1][2]
 
     def entries(self, key: str, value: Any) -> list[tuple[str, bytes | None]]:
         """What writing ``value`` (None: deleting) under ``key`` puts in the store,
@@ -192,6 +247,7 @@ class EncodedValues(MutableMapping):
         old = _manifest(self.store.get(key))
         out: list[tuple[str, bytes | None]] = []
         if value is None:
+            self._keep(key, None, None, 0)
             out.append((key, None))
         else:
             encoded = encode_value(value)
@@ -200,8 +256,14 @@ class EncodedValues(MutableMapping):
                 generation = old["generation"] + 1 if old else 1
                 out += [(piece_key(key, generation, n), encoded[at:at + size])
                         for n, at in enumerate(range(0, len(encoded), size))]
-                encoded = encode_value({"~pieces": len(out), "generation": generation,
-                                        "bytes": len(encoded)})
+                manifest = encode_value({"~pieces": len(out), "generation": generation,
+                                         "bytes": len(encoded), "crc": zlib.crc32(encoded)})
+                # Kept now: a read finds it once the store holds this manifest (a
+                # write cut short leaves the old one, and the read decodes that).
+                self._keep(key, manifest, value, len(encoded))
+                encoded = manifest
+            else:
+                self._keep(key, None, None, 0)
             out.append((key, encoded))
         if old:
             out += [(piece, None) for piece in _named(key, old)]

@@ -48,6 +48,8 @@ def test_a_ledger_window_of_zero_keeps_every_id():
     ('[fundwatch]\nsession_timeout_s = -6\n', "session_timeout_s = -6 is not valid"),
     ('[fundwatch]\nstate_piece_bytes = 100\n',
      "state_piece_bytes = 100 is not valid (must be at least 1024)"),
+    ('[fundwatch]\nstate_kept_bytes = -1\n',
+     "state_kept_bytes = -1 is not valid (must be at least 0)"),
 ])
 def test_config_errors_name_the_file_and_the_key(tmp_path, text, needle):
     conf = tmp_path / "bad.toml"
