@@ -1,13 +1,14 @@
 """What one settlement costs a rule as its key's day fills: a busy chain, a busy hospital.
 
-    python bench/hot_key.py [--sizes 1000,4000,16000,64000] [--branches 400]
+    python bench/hot_key.py [--sizes 1000,4000,16000,64000] [--branches 400] [--days 1]
 
 Every settlement of a pharmacy chain goes to the chain's one state
 (``pharmacy_chain_anomaly``), every cross-province settlement of a hospital to the
 hospital's (``cross_province_surge``), and each rule keeps a day's settlements by
 id. A large chain in a large province has tens of thousands of insured sales a day,
 a national hospital thousands of patients from other provinces. For each rule and
-each size N, N settlements of one key on one day are run through
+each size N, N settlements of one key a day (``--days``, 1 by default; the
+figures are the last day's) are run through
 ``DetectionCore.process`` and ``commit`` — what both drivers do per record, with
 state replaced and compared as they replace and compare it — and the CPU per
 record is printed, then the day's close, and the state's JSON size (what the live
@@ -22,8 +23,8 @@ values in pieces were kept decoded) and as kept ("read, kept").
 The figure to read is ``growth``: CPU per record at the largest N over the
 smallest, measured in the same run. 1.0 means a record costs the same on the
 busiest day as on a quiet one; a rule that copies its whole day per record grows
-with N (before ``rules.detail``: 11.9 µs at 1,000 a day of one chain, 90.3 µs at
-16,000, 7.6×).
+with N (before ``rules.detail``: 12.9 µs at 1,000 a day of one chain, 412.8 µs at
+64,000, 32×).
 """
 from __future__ import annotations
 
@@ -48,8 +49,8 @@ DAY = datetime(2025, 3, 3, tzinfo=SHANGHAI)
 
 
 def record(n: int, size: int, **fields) -> dict:
-    """A settlement/v1 record, the n-th of ``size`` spread over one day."""
-    at = DAY + timedelta(seconds=n * 86_000 // size)
+    """A settlement/v1 record, the n-th of ``size`` a day, spread over its day."""
+    at = DAY + timedelta(days=n // size, seconds=n % size * 86_000 // size)
     fund = 2_000 + n % 3_000
     return {"schema": "settlement/v1", "settlement_id": f"S{n:07d}",
             "settled_at": at.isoformat(), "person_id": f"P{n * 7 % (size // 3 + 1):07d}",
@@ -79,19 +80,21 @@ RULES = {"pharmacy_chain_anomaly": (PharmacyChainAnomaly, "chain", "PCH9", chain
                                   hospital_stay)}
 
 
-def day_of(rule_id: str, size: int, branches: int) -> dict:
+def day_of(rule_id: str, size: int, branches: int, days: int = 1) -> dict:
     cls, kind, key, make = RULES[rule_id]
-    events = [parse(orjson.dumps(make(n, size, branches))) for n in range(size)]
     core = DetectionCore([cls()])
     state: dict = {}
-    started = time.process_time()
-    for offset, event in enumerate(events):
-        core.commit(state, core.process(kind, key, event, state, (0, offset)))
-    per_record = (time.process_time() - started) / size
-    started = time.process_time()
-    closed = core.close(list(state), state, DAY + timedelta(days=1))
-    close_s = time.process_time() - started
-    core.commit(state, closed)
+    for day in range(days):
+        events = [parse(orjson.dumps(make(n, size, branches)))
+                  for n in range(day * size, (day + 1) * size)]
+        started = time.process_time()
+        for n, event in enumerate(events, day * size):
+            core.commit(state, core.process(kind, key, event, state, (0, n)))
+        per_record = (time.process_time() - started) / size
+        started = time.process_time()
+        closed = core.close(list(state), state, DAY + timedelta(days=day + 1))
+        close_s = time.process_time() - started
+        core.commit(state, closed)
     slot = f"{rule_id}|{key}"
     table = EncodedValues({})
     write_s = _timed(lambda: table.__setitem__(slot, state[slot]))
@@ -121,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="settlements of the one key in its day, comma-separated")
     parser.add_argument("--branches", type=int, default=400,
                         help="the chain's pharmacy branches (in two provinces)")
+    parser.add_argument("--days", type=int, default=1,
+                        help="days of settlements; the figures are the last day's "
+                             "(9: a chain holds 9 days of settlements, a hospital 14)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"{'rule':<24} {'settlements a day':>17} {'µs per record':>14} "
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{'write':>6} {'read, decoded':>13} {'read, kept':>10}")
     summary = {}
     for rule_id in RULES:
-        rows = [day_of(rule_id, size, args.branches) for size in sizes]
+        rows = [day_of(rule_id, size, args.branches, args.days) for size in sizes]
         for row in rows:
             print(f"{rule_id:<24} {row['settlements']:>17,} {row['us_per_record']:>14} "
                   f"{row['close_ms']:>9} {row['state_bytes']:>12,} | {'':>21}"
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
                             **{name: [r[name] for r in rows] for name in (
                                 "batch_write_ms", "batch_read_decoded_ms",
                                 "batch_read_kept_ms")}}
-    print(orjson.dumps({"sizes": sizes, **summary}).decode())
+    print(orjson.dumps({"sizes": sizes, "days": args.days, **summary}).decode())
 
 
 if __name__ == "__main__":

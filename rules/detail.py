@@ -3,9 +3,9 @@
 A rule's state is replaced, never mutated: the core compares the new state with the
 one before and keeps the old one when the rule fails (``DetectionCore.process``).
 Kept as one dict, a day's settlements were copied whole for every settlement added,
-so a key's cost per record grew with its day: 14 µs at 1,000 settlements a day of
-one pharmacy chain, 87 µs at 16,000, 440 µs at 64,000 (``python bench/hot_key.py``
-measures it). The
+so a key's cost per record grew with its day: 12.9 µs at 1,000 settlements a day
+of one pharmacy chain, 79.7 µs at 16,000, 412.8 µs at 64,000 (``python
+bench/hot_key.py`` measures it). The
 ids are spread here over ``BUCKETS`` dicts by a hash that is the same in every
 process (CRC-32, not Python's ``hash``), 16 maps of 16 buckets, and adding or
 taking one copies two maps of at most 16 and one bucket: a day of 64,000
