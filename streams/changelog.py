@@ -207,10 +207,6 @@ class EncodedValues(MutableMapping):
         self._kept: OrderedDict[str, tuple[bytes, Any, int]] = OrderedDict()
         self._kept_bytes = 0
 
-    def raw(self, key: str) -> bytes | None:
-        """A value's JSON bytes (its pieces joined), None for a key not held."""
-        return joined(key, self.store.get(key), self.store.get)
-
     def __getitem__(self, key: str) -> Any:
         value = self.get(key)
         if value is None:  # also a Faust table's default for a missing key
